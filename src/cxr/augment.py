@@ -1,0 +1,184 @@
+"""The augment stage: oversample minority classes of the train split with Augmentor.
+
+Augmentor provides the operations (listed in params as Pipeline method names and arguments).
+Its own `Pipeline.sample` is not reproducible: it draws from the shared global RNGs across
+threads and names files with uuid4. So we run its operations ourselves, one output at a time,
+after seeding Python's and NumPy's RNGs from the output's identity (class, source image,
+per-source index). Each output's name derives from the same identity, so results are identical
+for any number of worker processes and across runs. Val and test are never augmented.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import Augmentor
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from cxr.errors import ConfigError
+from cxr.fsio import atomic_dir, sorted_dirs, sorted_files, write_csv
+from cxr.images import read_gray8, save_png, to_gray8
+from cxr.parallel import ordered_map
+
+if TYPE_CHECKING:
+    from cxr.config import AugmentConfig, AugmentOp
+
+# Augmentor operations that keep an 8-bit grayscale image's size and meaning. Crops and
+# resizes would change the size; colour, invert and black-and-white make no sense on X-rays.
+ALLOWED_OPERATIONS = (
+    "rotate",
+    "rotate_without_crop",
+    "flip_left_right",
+    "flip_top_bottom",
+    "flip_random",
+    "random_distortion",
+    "gaussian_distortion",
+    "zoom",
+    "zoom_random",
+    "shear",
+    "skew",
+    "skew_tilt",
+    "skew_left_right",
+    "skew_top_bottom",
+    "skew_corner",
+    "random_brightness",
+    "random_contrast",
+    "random_erasing",
+    "histogram_equalisation",
+)
+
+MANIFEST_COLUMNS = ["file", "class", "source", "augmented", "seed"]
+MANIFEST_NAME = "manifest.csv"
+
+
+def check_operation(name: str, probability: float, args: dict[str, Any]) -> None:
+    """Raise ValueError unless Augmentor accepts this operation with these arguments."""
+    if name not in ALLOWED_OPERATIONS:
+        raise ValueError(f"unknown operation {name!r}; choose from {', '.join(ALLOWED_OPERATIONS)}")
+    method = getattr(Augmentor.Pipeline, name)
+    try:
+        inspect.signature(method).bind(None, probability, **args)
+    except TypeError as err:
+        raise ValueError(f"{name}: {err}") from None
+    method(Augmentor.Pipeline(), probability, **args)  # Augmentor's own range checks
+
+
+def build_pipeline(operations: tuple[AugmentOp, ...]) -> Augmentor.Pipeline:
+    pipeline = Augmentor.Pipeline()
+    for op in operations:
+        getattr(pipeline, op.name)(op.probability, **op.args)
+    return pipeline
+
+
+def target_count(counts: dict[str, int], target: str | int | float) -> int:
+    """How many train images each class is oversampled up to."""
+    largest = max(counts.values())
+    if target == "majority":
+        return largest
+    if isinstance(target, float):
+        return max(1, round(largest * target))
+    return int(target)
+
+
+def output_seed(seed: int, class_name: str, source_name: str, index: int) -> int:
+    """A 32-bit seed from the output's identity; stable across runs, machines and workers."""
+    key = f"{seed}\0{class_name}\0{source_name}\0{index}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+
+
+@dataclass(frozen=True)
+class AugmentTask:
+    source: Path
+    destination: Path
+    seed: int
+
+
+# One pipeline per worker process, built once by the pool initializer.
+_worker_transform: Callable[[Image.Image], Image.Image] | None = None
+
+
+def _init_worker(operations: tuple[AugmentOp, ...]) -> None:
+    global _worker_transform
+    _worker_transform = build_pipeline(operations).torch_transform()
+
+
+def _augment_one(task: AugmentTask) -> None:
+    assert _worker_transform is not None, "worker not initialised"
+    random.seed(task.seed)  # Augmentor's operations draw from both global RNGs
+    np.random.seed(task.seed)
+    image = _worker_transform(read_gray8(task.source))
+    save_png(to_gray8(image), task.destination)
+
+
+def plan_class(
+    class_dir: Path, out_dir: Path, target: int, seed: int
+) -> tuple[list[dict[str, Any]], list[AugmentTask]]:
+    """Manifest rows and augmentation tasks for one class: originals first, then extras."""
+    sources = sorted_files(class_dir)
+    rows = [
+        {
+            "file": f"{class_dir.name}/{src.name}",
+            "class": class_dir.name,
+            "source": f"{class_dir.name}/{src.name}",
+            "augmented": False,
+            "seed": "",
+        }
+        for src in sources
+    ]
+    tasks = []
+    for number in range(max(0, target - len(sources))):
+        # Round-robin over sources: every source is used equally often (±1).
+        src = sources[number % len(sources)]
+        index = number // len(sources)
+        name = f"{src.stem}__aug{index:04d}.png"
+        task_seed = output_seed(seed, class_dir.name, src.name, index)
+        tasks.append(AugmentTask(src, out_dir / class_dir.name / name, task_seed))
+        rows.append(
+            {
+                "file": f"{class_dir.name}/{name}",
+                "class": class_dir.name,
+                "source": f"{class_dir.name}/{src.name}",
+                "augmented": True,
+                "seed": task_seed,
+            }
+        )
+    return rows, tasks
+
+
+def augment_train(
+    train_dir: Path, out_dir: Path, cfg: AugmentConfig, workers: int | None = None
+) -> dict:
+    """Write `out_dir/train/<Class>` (originals + oversampled extras) and
+    `out_dir/manifest.csv` (each file's source image), atomically; return the metrics."""
+    class_dirs = sorted_dirs(train_dir)
+    before = {d.name: len(sorted_files(d)) for d in class_dirs}
+    target = target_count(before, cfg.target)
+    if not cfg.operations and any(target > count for count in before.values()):
+        raise ConfigError(
+            "augment.operations: empty, so oversampling would only copy images; "
+            "list at least one Augmentor operation"
+        )
+    rows: list[dict[str, Any]] = []
+    tasks: list[AugmentTask] = []
+    with atomic_dir(out_dir) as scratch:
+        train_out = scratch / "train"
+        for class_dir in class_dirs:
+            (train_out / class_dir.name).mkdir(parents=True)
+            for src in sorted_files(class_dir):
+                shutil.copyfile(src, train_out / class_dir.name / src.name)
+            class_rows, class_tasks = plan_class(class_dir, train_out, target, cfg.seed)
+            rows += class_rows
+            tasks += class_tasks
+        ordered_map(_augment_one, tasks, workers, _init_worker, (cfg.operations,))
+        write_csv(scratch / MANIFEST_NAME, pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
+    after = {name: max(count, target) for name, count in before.items()}
+    return {"before": before, "after": after, "target": target, "generated": len(tasks)}

@@ -1,0 +1,242 @@
+"""params.yaml, parsed once into typed, validated dataclasses.
+
+Every stage parses the whole file, so a wrong value anywhere fails at the first stage, before
+any work, with an error that names the key. Unknown keys are errors too: a typo in params.yaml
+must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+
+from cxr.errors import CxrError
+from cxr.models import MODEL_SPECS, available_models, check_weights_name
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamsError(CxrError, ValueError):
+    """A params.yaml value is missing, unknown or out of range; the message names the key."""
+
+
+@dataclass(config=_STRICT)
+class SyntheticConfig:
+    """The embedded sample: deterministic chest-X-ray-like phantoms (smoke runs only)."""
+
+    n_images: int = Field(600, ge=40)
+    image_size: int = Field(128, ge=64, le=1024)
+    seed: int = 0
+
+
+@dataclass(config=_STRICT)
+class DataConfig:
+    # `synthetic`, or a folder: class sub-folders of images, or the Kaggle database's
+    # `<Class>/images` + `<Class>/masks` layout. Relative paths are taken from the project root.
+    source: str = "synthetic"
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be 'synthetic' or a folder path")
+        return value
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted_lowercase(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [ext for ext in value if not ext.startswith(".")]
+        if bad:
+            raise ValueError(f"extensions must start with '.', got {bad}")
+        return tuple(ext.lower() for ext in value)
+
+
+@dataclass(config=_STRICT)
+class SplitConfig:
+    mode: Literal["ratio", "fixed"] = "ratio"
+    ratio: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test
+    fixed: tuple[int, int] = (60, 60)  # val and test images per class; the rest is train
+    seed: int = 1337
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio_sums_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(part <= 0 for part in value):
+            raise ValueError(f"every share must be > 0, got {list(value)}")
+        if abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"train, val and test shares must sum to 1, got {sum(value):g}")
+        return value
+
+    @field_validator("fixed")
+    @classmethod
+    def _fixed_positive(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if any(count < 1 for count in value):
+            raise ValueError(f"val and test counts must be >= 1, got {list(value)}")
+        return value
+
+
+@dataclass(config=_STRICT)
+class AugmentOp:
+    """One Augmentor Pipeline operation: its method name and keyword arguments."""
+
+    name: str
+    probability: float = Field(ge=0.0, le=1.0)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_operation(self) -> AugmentOp:
+        from cxr.augment import check_operation
+
+        check_operation(self.name, self.probability, self.args)
+        return self
+
+
+@dataclass(config=_STRICT)
+class AugmentConfig:
+    # Minority classes are oversampled up to: `majority` (the largest class), an integer
+    # count, or a float fraction of the largest class. Classes above the target are kept whole.
+    target: Literal["majority"] | int | float = "majority"
+    seed: int = 42
+    operations: tuple[AugmentOp, ...] = ()
+
+    @field_validator("target")
+    @classmethod
+    def _positive_target(cls, value: str | int | float) -> str | int | float:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("an integer target must be >= 1")
+        if isinstance(value, float) and not 0 < value <= 1:
+            raise ValueError("a fractional target must be in (0, 1]")
+        return value
+
+
+@dataclass(config=_STRICT)
+class TrainConfig:
+    model: str = "resnet18"
+    # torchvision weights enum member (`DEFAULT`, `IMAGENET1K_V1`, ...) or `none` (from scratch).
+    weights: str = "none"
+    image_size: int = Field(64, ge=32, le=1024)
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    scheduler: Literal["none", "step", "cosine"] = "step"
+    step_size: int = Field(3, ge=1)
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    early_stopping_patience: int = Field(0, ge=0)  # 0 keeps every epoch
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    num_workers: int = Field(2, ge=0)
+    seed: int = 0
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        names = available_models()
+        if value not in names:
+            raise ValueError(f"unknown model {value!r}; choose one of: {', '.join(names)}")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist_for_model(cls, value: str, info: ValidationInfo) -> str:
+        model = info.data.get("model")  # absent when the model name itself was rejected
+        if value != "none" and model is not None:
+            check_weights_name(model, value)
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _large_enough_for_model(cls, value: int, info: ValidationInfo) -> int:
+        model = info.data.get("model")
+        smallest = MODEL_SPECS[model].min_size if model in MODEL_SPECS else 0
+        if value < smallest:
+            raise ValueError(f"{model} needs inputs of at least {smallest} px")
+        return value
+
+
+@dataclass(config=_STRICT)
+class EvaluateConfig:
+    batch_size: int = Field(64, ge=1)
+    bootstrap_resamples: int = Field(1000, ge=0)
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+@dataclass(config=_STRICT)
+class GradcamConfig:
+    images_per_class: int = Field(3, ge=1)
+    target_layer: str = "auto"  # `auto` picks the architecture's last convolutional block
+    overlay_alpha: float = Field(0.45, ge=0.0, le=1.0)
+
+
+@dataclass(config=_STRICT)
+class TrackingConfig:
+    experiment: str = "cxr-classification"
+    # false: an unreachable tracking server only warns, and the pipeline runs untracked.
+    required: bool = True
+
+
+@dataclass(config=_STRICT)
+class Params:
+    lr: float = Field(1e-3, gt=0.0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    gradcam: GradcamConfig = Field(default_factory=GradcamConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+def _describe(errors: list[dict[str, Any]], source: str) -> str:
+    lines = []
+    for error in errors:
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        unknown = error["type"] in {"extra_forbidden", "unexpected_keyword_argument"}
+        if unknown:
+            message = "unknown key (a typo?); see the params reference in the README"
+        given = error.get("input")
+        suffix = "" if unknown or error["type"].startswith("missing") else f" (got {given!r})"
+        lines.append(f"  {key}: {message}{suffix}")
+    return f"{source} has invalid values:\n" + "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ParamsError naming every bad key."""
+    try:
+        return Params(**(raw or {}))
+    except ValidationError as err:
+        raise ParamsError(_describe(err.errors(), source)) from None
+    except TypeError as err:  # a top-level value that is not a mapping
+        raise ParamsError(f"{source}: {err}") from None
+
+
+def read_params_file(path: Path | str = "params.yaml") -> dict[str, Any]:
+    """The raw params mapping, as DVC sees it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run stages from the project root")
+    with path.open() as handle:
+        raw = yaml.safe_load(handle) or {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    return parse_params(read_params_file(path), str(path))

@@ -1,0 +1,151 @@
+"""Data loading: image folders → a uint8 pixel store → normalised batches on the device.
+
+Each image is decoded and resized once (in worker processes) into one `uint8` tensor of shape
+(N, 1, S, S); epochs then only gather batches from it. Random augmentation runs on whole
+batches of tensors, on the training device, with per-sample parameters drawn from a seeded
+generator. Preprocessing (`preprocess`) is the single definition used by training, evaluation,
+Grad-CAM and `predict`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cxr.errors import DataError
+from cxr.fsio import sorted_dirs, sorted_files
+from cxr.images import read_gray8
+from cxr.models import IMAGENET_MEAN, IMAGENET_STD
+from cxr.parallel import ordered_map
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """Files of a `<Class>/<file>` folder in a stable order, with integer labels."""
+
+    classes: tuple[str, ...]
+    files: tuple[Path, ...]
+    labels: tuple[int, ...]
+
+
+def index_folder(root: Path, classes: tuple[str, ...] | None = None) -> FolderIndex:
+    """Index `root`; with `classes` given, its class folders must be exactly those."""
+    found = tuple(d.name for d in sorted_dirs(root))
+    if classes is not None and set(found) != set(classes):
+        raise DataError(
+            f"{root}: class folders {list(found)} differ from the model's classes "
+            f"{list(classes)}; re-run the split stage (dvc repro)"
+        )
+    classes = classes or found
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        class_files = sorted_files(root / name)
+        files += class_files
+        labels += [label] * len(class_files)
+    if not files:
+        raise DataError(f"{root}: no images found")
+    return FolderIndex(classes, tuple(files), tuple(labels))
+
+
+def preprocess(image: Image.Image, size: int) -> np.ndarray:
+    """8-bit grayscale image → (size, size) uint8 array: the one resize used everywhere."""
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _decode(task: tuple[Path, int]) -> np.ndarray:
+    path, size = task
+    return preprocess(read_gray8(path), size)
+
+
+def load_pixels(files: tuple[Path, ...], size: int, workers: int | None = None) -> torch.Tensor:
+    """Decode and resize every file once: a (N, 1, size, size) uint8 tensor."""
+    arrays = ordered_map(_decode, [(path, size) for path in files], workers)
+    return torch.from_numpy(np.stack(arrays)[:, None])
+
+
+@dataclass(frozen=True)
+class PixelSet:
+    """A split held as decoded pixels."""
+
+    classes: tuple[str, ...]
+    files: tuple[Path, ...]
+    pixels: torch.Tensor  # (N, 1, S, S) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def load_split(root: Path, size: int, classes: tuple[str, ...] | None = None) -> PixelSet:
+    index = index_folder(root, classes)
+    return PixelSet(
+        index.classes,
+        index.files,
+        load_pixels(index.files, size),
+        torch.tensor(index.labels, dtype=torch.int64),
+    )
+
+
+class Normalize(torch.nn.Module):
+    """uint8 (N, 1, H, W) → float (N, 3, H, W) with ImageNet statistics (see cxr.models)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        gray = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
+        return (gray.expand(-1, 3, -1, -1) - self.mean) / self.std
+
+
+@dataclass(frozen=True)
+class BatchAugment:
+    """Light, per-sample geometric and intensity jitter applied to a batch on its device."""
+
+    max_rotation_deg: float = 7.0
+    max_shift: float = 0.05  # fraction of the image side
+    scale_range: tuple[float, float] = (0.92, 1.08)
+    intensity_jitter: float = 0.1  # brightness and contrast, as a fraction
+
+    def __call__(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """uint8 (N, 1, H, W) → float in [0, 1], same shape."""
+        n = pixels.shape[0]
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return torch.rand(n, generator=generator) * (high - low) + low
+
+        angle = uniform(-self.max_rotation_deg, self.max_rotation_deg) * math.pi / 180
+        scale = uniform(*self.scale_range)
+        shift = torch.stack([uniform(-self.max_shift, self.max_shift) * 2 for _ in range(2)], 1)
+        brightness = uniform(-self.intensity_jitter, self.intensity_jitter)
+        contrast = uniform(1 - self.intensity_jitter, 1 + self.intensity_jitter)
+
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack(
+            [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+        )
+        device = pixels.device
+        images = pixels.float().div_(255.0)
+        grid = F.affine_grid(theta.to(device), list(images.shape), align_corners=False)
+        images = F.grid_sample(
+            images, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        images = (images - mean) * contrast.view(-1, 1, 1, 1).to(device) + mean
+        return (images + brightness.view(-1, 1, 1, 1).to(device)).clamp_(0.0, 1.0)
+
+
+def batch_indices(
+    n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    yield from order.split(batch_size)

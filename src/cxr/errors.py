@@ -1,0 +1,27 @@
+"""User-fixable errors: their messages name the file or params key and the fix."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class CxrError(Exception):
+    """Bad input or configuration; reported without a traceback."""
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main; a CxrError ends it with its message and exit status 1."""
+    try:
+        main()
+    except CxrError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+class DataError(CxrError, ValueError):
+    """Stage inputs that are missing, empty or inconsistent."""
+
+
+class ConfigError(CxrError, ValueError):
+    """A params value that cannot work on this machine or with this data."""

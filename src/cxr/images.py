@@ -1,0 +1,69 @@
+"""Reading images the one way the whole project reads them.
+
+Every image, whatever its mode (16-bit, RGB, RGBA, palette), becomes 8-bit grayscale through
+`to_gray8`, so the download stage, training, evaluation and `predict` all see the same pixels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from cxr.errors import CxrError
+
+# Pillow's default bomb guard warns at ~89 Mpx; a chest X-ray is < 20 Mpx, so anything far
+# beyond is hostile or broken. Pillow raises DecompressionBombError at twice this value.
+Image.MAX_IMAGE_PIXELS = 64_000_000
+
+
+class BadImageError(CxrError, ValueError):
+    """A file that is not a usable image; the message names the file and the reason."""
+
+
+def to_gray8(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit grayscale ('L')."""
+    if image.mode == "L":
+        return image
+    if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        # Stretch the used range to 0..255: 16-bit X-rays rarely use the full 65535 scale.
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+    if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels become black, as on an X-ray film.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("L")
+    return image.convert("L")
+
+
+def read_gray8(path: Path | str) -> Image.Image:
+    """Open, fully decode and convert one image; BadImageError names the file if it can't."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise BadImageError(f"{path}: empty file (0 bytes)")
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            image.load()  # decode now: truncated files fail here, not later in training
+            return to_gray8(image)
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise BadImageError(f"{path}: refused as a decompression bomb ({err})") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise BadImageError(f"{path}: not a readable image ({err})") from None
+
+
+def read_mask(path: Path | str) -> Image.Image:
+    """A binary mask as 'L' with values 0 and 255."""
+    gray = read_gray8(path)
+    return gray.point(lambda value: 255 if value >= 128 else 0)
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    """PNG with fixed settings, so equal pixels give equal bytes."""
+    image.save(path, format="PNG", optimize=False, compress_level=6)

@@ -1,0 +1,40 @@
+"""Where each stage reads and writes, relative to the project root. dvc.yaml mirrors this."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RAW = Path("data/raw")  # <Class>/<name>.png, 8-bit grayscale
+MASKS = Path("data/masks")  # <Class>/<name>.png, same name as the image; may be empty
+MANIFEST = Path("data/manifest.csv")
+SPLIT = Path("data/split")  # {train,val,test}/<Class>/<name>.png
+AUGMENTED = Path("data/augmented")  # train/<Class>/..., manifest.csv
+AUGMENTED_TRAIN = AUGMENTED / "train"
+AUGMENTED_MANIFEST = AUGMENTED / "manifest.csv"
+
+MODEL = Path("models/model.pt")
+
+METRICS = Path("metrics")
+DOWNLOAD_METRICS = METRICS / "download.json"
+DATA_METRICS = METRICS / "data.json"
+AUGMENT_METRICS = METRICS / "augment.json"
+TRAIN_METRICS = METRICS / "train.json"
+EVAL_METRICS = METRICS / "eval.json"
+GRADCAM_METRICS = METRICS / "gradcam.json"
+
+PLOTS = Path("plots")
+TRAIN_HISTORY = PLOTS / "train_history.csv"
+PREDICTIONS = PLOTS / "predictions.csv"
+GRADCAM_DIR = PLOTS / "gradcam"
+
+
+def project_root() -> Path:
+    """The project's root: DVC's `DVC_ROOT` when a stage runs under DVC, else the current folder.
+
+    Queued and `--temp` experiments run in a temporary copy of the repository; DVC then points
+    `DVC_ROOT` at the original repository, which is where relative data sources and the MLflow
+    store live.
+    """
+    root = os.environ.get("DVC_ROOT")
+    return Path(root).resolve() if root else Path.cwd().resolve()

@@ -1,0 +1,295 @@
+"""MLflow tracking: one MLflow run per pipeline run, shared by the stages that ran in it.
+
+Stages are separate processes, so they find their common run by its tags: the hash of the
+effective params (and the DVC experiment name when DVC sets one). A stage joins the newest run
+with that key that it has not yet logged to; otherwise it opens a new run, logs all params and
+backfills what the stages before it recorded in their metrics files (so a run opened by
+`gradcam` alone, after a gradcam-only params change, still holds the training curves and test
+metrics it belongs with).
+
+The store defaults to `sqlite:///<project root>/mlflow.db` with artifacts under
+`<project root>/mlartifacts`, which a plain `mlflow ui` at the project root shows;
+MLFLOW_TRACKING_URI overrides it. Logging faults never stop a stage: they are collected and
+reported when the stage ends. Only an unreachable store at start fails the stage (before any
+work), unless `tracking.required` is false.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cxr import layout
+from cxr.config import Params
+from cxr.errors import CxrError
+
+STAGES = ("download", "split", "augment", "train", "evaluate", "gradcam")
+
+# What each stage leaves behind that a later-opened run should carry (see `_backfill`).
+STAGE_METRICS = {
+    "download": layout.DOWNLOAD_METRICS,
+    "split": layout.DATA_METRICS,
+    "augment": layout.AUGMENT_METRICS,
+    "train": layout.TRAIN_METRICS,
+    "evaluate": layout.EVAL_METRICS,
+    "gradcam": layout.GRADCAM_METRICS,
+}
+
+TAG_PARAMS_HASH = "cxr.params_hash"
+TAG_DVC_EXP = "cxr.dvc_exp"
+TAG_BASELINE = "cxr.baseline_rev"
+TAG_STAGE_DONE = "cxr.stage.{}"
+
+
+class TrackingUnavailableError(CxrError, RuntimeError):
+    """The MLflow store cannot be reached at the start of a stage."""
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _is_local(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a/b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def numeric(tree: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """The numeric leaves of a metrics mapping, with `prefix/` keys."""
+    return {
+        key: float(value)
+        for key, value in flatten(tree, f"{prefix}/").items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
+def params_dict(params: Params) -> dict[str, Any]:
+    return dataclasses.asdict(params)
+
+
+def params_hash(params: Params) -> str:
+    canonical = json.dumps(params_dict(params), sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def loggable_params(params: Params) -> dict[str, str]:
+    """Dotted keys as in params.yaml (`train.model`); lists and mappings as JSON."""
+    return {
+        key.replace("/", "."): value if isinstance(value, str) else json.dumps(value)
+        for key, value in flatten(params_dict(params)).items()
+    }
+
+
+class PipelineRun:
+    """Logging into one MLflow run that never raises: failures are kept and reported."""
+
+    def __init__(self, client: Any | None, run_id: str | None, stage: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.stage = stage
+        self.failures: list[str] = []
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None and self.run_id is not None
+
+    def _guard(self, what: str, call: Callable[[], Any]) -> None:
+        if not self.enabled:
+            return
+        try:
+            call()
+        except Exception as err:  # a tracking outage must never kill a stage
+            if not self.failures:
+                print(f"warning: MLflow logging failed ({what}): {err}", file=sys.stderr)
+            self.failures.append(f"{what}: {type(err).__name__}: {err}")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        timestamp = _now_ms()
+        batch = [Metric(key, float(value), timestamp, step or 0) for key, value in metrics.items()]
+        for start in range(0, len(batch), 500):  # the REST API's batch limit is 1000
+            chunk = batch[start : start + 500]
+            self._guard(
+                f"{len(chunk)} metrics (step {step})",
+                lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk),
+            )
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        batch = [Param(key, value) for key, value in params.items()]
+        for start in range(0, len(batch), 90):  # the REST API takes 100 params per batch
+            chunk = batch[start : start + 90]
+            self._guard(
+                f"{len(chunk)} params",
+                lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk),
+            )
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self._guard(f"tag {key}", lambda k=key, v=value: self.client.set_tag(self.run_id, k, v))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if path.exists():
+            self._guard(
+                f"artifact {path}",
+                lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
+            )
+
+    def log_artifacts(self, folder: Path, artifact_path: str | None = None) -> None:
+        if folder.is_dir():
+            self._guard(
+                f"artifacts {folder}",
+                lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path),
+            )
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """A matplotlib figure as an image artifact; the figure is closed either way."""
+        import matplotlib.pyplot as plt
+
+        self._guard(
+            f"figure {artifact_file}",
+            lambda: self.client.log_figure(self.run_id, figure, artifact_file),
+        )
+        plt.close(figure)
+
+    def log_metrics_file(self, path: Path, prefix: str) -> None:
+        if path.is_file():
+            self.log_metrics(numeric(json.loads(path.read_text()), prefix))
+
+    def log_history(self, history: pd.DataFrame) -> None:
+        for row in history.to_dict("records"):
+            epoch = int(row.pop("epoch"))
+            self.log_metrics(row, step=epoch)
+
+    def report(self) -> None:
+        if self.failures:
+            print(
+                f"MLflow: {len(self.failures)} logging call(s) of stage {self.stage!r} failed "
+                f"and are missing from run {self.run_id}:",
+                file=sys.stderr,
+            )
+            for failure in self.failures:
+                print(f"  - {failure}", file=sys.stderr)
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def _connect(uri: str, root: Path, experiment: str) -> tuple[Any, str]:
+    """A client and the experiment id; raises TrackingUnavailableError if unreachable."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    # Fail fast on an unreachable server instead of MLflow's minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return client, found.experiment_id
+        location = (root / "mlartifacts").as_uri() if _is_local(uri) else None
+        try:
+            return client, client.create_experiment(experiment, artifact_location=location)
+        except MlflowException:  # created meanwhile by a parallel experiment
+            return client, client.get_experiment_by_name(experiment).experiment_id
+    except Exception as err:
+        raise TrackingUnavailableError(
+            f"MLflow tracking store {uri} is unreachable ({type(err).__name__}: {err}).\n"
+            "Fix one of: start the tracking server; unset MLFLOW_TRACKING_URI to use the "
+            "project's local store; or set tracking.required: false in params.yaml to run "
+            "untracked."
+        ) from None
+
+
+def _find_or_create_run(
+    client: Any, experiment_id: str, stage: str, tags: dict[str, str]
+) -> tuple[str, bool]:
+    """The id of this pipeline run's MLflow run, and whether it was created just now."""
+    query = f"tags.`{TAG_PARAMS_HASH}` = '{tags[TAG_PARAMS_HASH]}'"
+    if TAG_DVC_EXP in tags:
+        query += f" and tags.`{TAG_DVC_EXP}` = '{tags[TAG_DVC_EXP]}'"
+    candidates = client.search_runs(
+        [experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    for run in candidates:  # only the newest: an older run belongs to an earlier invocation
+        if TAG_STAGE_DONE.format(stage) not in run.data.tags:
+            client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id, False
+    name = tags.get(TAG_DVC_EXP) or f"repro-{tags[TAG_PARAMS_HASH][:8]}"
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    return run.info.run_id, True
+
+
+def _backfill(run: PipelineRun, stage: str) -> None:
+    """Carry what the stages before `stage` recorded, when this run did not see them run."""
+    for earlier in STAGES[: STAGES.index(stage)]:
+        run.log_metrics_file(STAGE_METRICS[earlier], STAGE_METRICS[earlier].stem)
+        if earlier == "train" and layout.TRAIN_HISTORY.is_file():
+            run.log_history(pd.read_csv(layout.TRAIN_HISTORY))
+
+
+def _run_tags(params: Params) -> dict[str, str]:
+    tags = {TAG_PARAMS_HASH: params_hash(params)}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags[TAG_DVC_EXP] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags[TAG_BASELINE] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
+
+
+@contextmanager
+def pipeline_run(stage: str, params: Params) -> Iterator[PipelineRun]:
+    """Open (or join) this pipeline run's MLflow run for one stage."""
+    root = layout.project_root()
+    try:
+        client, experiment_id = _connect(tracking_uri(root), root, params.tracking.experiment)
+    except TrackingUnavailableError as err:
+        if params.tracking.required:
+            raise
+        print(
+            f"warning: {err}\nContinuing untracked (tracking.required is false).", file=sys.stderr
+        )
+        client = None
+    if client is None:
+        yield PipelineRun(None, None, stage)
+        return
+    tags = _run_tags(params)
+    run_id, created = _find_or_create_run(client, experiment_id, stage, tags)
+    run = PipelineRun(client, run_id, stage)
+    if created:
+        run.log_params(loggable_params(params))
+        _backfill(run, stage)
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+        run.set_tags({TAG_STAGE_DONE.format(stage): "done"})
+    finally:
+        run._guard("run status", lambda: client.set_terminated(run_id, status))
+        run.report()

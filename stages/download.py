@@ -1,0 +1,23 @@
+"""Stage `download`: fetch `data.source` into data/raw, data/masks and data/manifest.csv."""
+
+from cxr import layout
+from cxr.config import load_params
+from cxr.errors import run_stage
+from cxr.fsio import write_json
+from cxr.sources import fetch
+from cxr.tracking import pipeline_run
+
+
+def main() -> None:
+    params = load_params()
+    with pipeline_run("download", params) as run:
+        summary = fetch(
+            params.data, layout.project_root(), layout.RAW, layout.MASKS, layout.MANIFEST
+        )
+        write_json(layout.DOWNLOAD_METRICS, summary)
+        run.log_metrics_file(layout.DOWNLOAD_METRICS, "download")
+        run.log_artifact(layout.MANIFEST, "data")
+
+
+if __name__ == "__main__":
+    run_stage(main)

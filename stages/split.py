@@ -1,0 +1,20 @@
+"""Stage `split`: data/raw → data/split/{train,val,test}/<Class> with split-folders."""
+
+from cxr import layout
+from cxr.config import load_params
+from cxr.errors import run_stage
+from cxr.fsio import write_json
+from cxr.split import split_dataset
+from cxr.tracking import pipeline_run
+
+
+def main() -> None:
+    params = load_params()
+    with pipeline_run("split", params) as run:
+        summary = split_dataset(layout.RAW, layout.MANIFEST, layout.SPLIT, params.split)
+        write_json(layout.DATA_METRICS, summary)
+        run.log_metrics_file(layout.DATA_METRICS, "data")
+
+
+if __name__ == "__main__":
+    run_stage(main)
