@@ -201,17 +201,33 @@ class Params:
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
+# Pydantic names the member of a union that failed ("int", "literal['majority']", ...) in the
+# error location; users know keys, not union members, so those parts are dropped.
+_UNION_MEMBER_PARTS = {"int", "float", "str", "bool", "list", "tuple", "dict", "none"}
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    parts = [
+        str(part)
+        for part in loc
+        if not (isinstance(part, str) and ("[" in part or part in _UNION_MEMBER_PARTS))
+    ]
+    return ".".join(parts) or "(top level)"
+
+
 def _describe(errors: list[dict[str, Any]], source: str) -> str:
-    lines = []
+    messages: dict[str, list[str]] = {}
     for error in errors:
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        key = _key_path(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         unknown = error["type"] in {"extra_forbidden", "unexpected_keyword_argument"}
         if unknown:
             message = "unknown key (a typo?); see the params reference in the README"
-        given = error.get("input")
-        suffix = "" if unknown or error["type"].startswith("missing") else f" (got {given!r})"
-        lines.append(f"  {key}: {message}{suffix}")
+        elif not error["type"].startswith("missing"):
+            message = f"{message} (got {error.get('input')!r})"
+        if message not in messages.setdefault(key, []):
+            messages[key].append(message)
+    lines = [f"  {key}: {' | or: '.join(found)}" for key, found in messages.items()]
     return f"{source} has invalid values:\n" + "\n".join(lines)
 
 

@@ -1,0 +1,156 @@
+"""End to end: the real DVC pipeline in a temporary git+DVC copy of the project.
+
+One module-scoped run on a shrunken synthetic profile is shared; each test starts from that
+committed state (`git checkout` + `dvc checkout`), so the tests don't depend on their order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from conftest import copy_project, run
+from mlflow.tracking import MlflowClient
+
+from cxr.fsio import sha256_file
+
+pytestmark = pytest.mark.e2e
+
+STAGES = ["download", "split", "augment", "train", "evaluate", "gradcam"]
+
+# Small enough for CI on two cores, large enough that every class reaches every split.
+SMOKE = {
+    ("data", "synthetic", "n_images"): 160,
+    ("data", "synthetic", "image_size"): 64,
+    ("train", "image_size"): 48,
+    ("train", "epochs"): 2,
+    ("evaluate", "bootstrap_resamples"): 200,
+    ("gradcam", "images_per_class"): 2,
+}
+
+
+def set_params(project: Path, overrides: dict[tuple[str, ...], object]) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for keys, value in overrides.items():
+        node = params
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def commit(project: Path, message: str) -> None:
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], project)
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    return {
+        path.relative_to(folder).as_posix(): sha256_file(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def metrics_bytes(project: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted((project / "metrics").glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The shrunken pipeline, reproduced once and committed as the baseline."""
+    project = copy_project(tmp_path_factory.mktemp("e2e") / "project")
+    set_params(project, SMOKE)
+    first = run(["dvc", "repro"], project)
+    commit(project, "baseline run")
+    return {
+        "project": project,
+        "output": first.stdout,
+        "metrics": metrics_bytes(project),
+        "augmented": tree_hashes(project / "data" / "augmented"),
+    }
+
+
+@pytest.fixture
+def project(pipeline: dict) -> Path:
+    """The baseline state, restored: committed params and lock, their outputs checked out."""
+    root = pipeline["project"]
+    run(["git", "checkout", "--", "."], root)
+    run(["dvc", "checkout", "--force"], root)
+    return root
+
+
+def test_repro_runs_all_stages_and_writes_their_outputs(pipeline: dict, project: Path) -> None:
+    assert stages_run(pipeline["output"]) == STAGES
+    for out in ["data/raw", "data/split/test", "data/augmented/train", "models/model.pt"]:
+        assert (project / out).exists(), out
+    evaluation = json.loads((project / "metrics/eval.json").read_text())
+    assert 0.0 <= evaluation["accuracy_ci"]["low"] <= evaluation["accuracy"]
+    assert evaluation["accuracy"] <= evaluation["accuracy_ci"]["high"] <= 1.0
+    classes = sorted(p.name for p in (project / "data/raw").iterdir())
+    assert sorted(evaluation["per_class"]) == classes
+    assert len(list((project / "plots/gradcam").glob("*_grid.png"))) == len(classes)
+
+
+def test_second_repro_runs_nothing(project: Path) -> None:
+    again = run(["dvc", "repro"], project)
+    assert stages_run(again.stdout) == []
+    assert run(["dvc", "status", "--json"], project).stdout.strip() == "{}"
+
+
+def test_forced_repro_is_byte_identical(pipeline: dict, project: Path) -> None:
+    run(["dvc", "repro", "--force"], project)
+    assert metrics_bytes(project) == pipeline["metrics"]
+    assert tree_hashes(project / "data" / "augmented") == pipeline["augmented"]
+
+
+def test_lr_experiment_reruns_training_only_and_changes_metrics(project: Path) -> None:
+    done = run(["dvc", "exp", "run", "-S", "lr=0.003"], project)
+    assert stages_run(done.stdout) == ["train", "evaluate", "gradcam"]
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
+    changed = {f"{file}:{key}" for file, keys in diff.items() for key in keys}
+    assert any(name.startswith("metrics/train.json:") for name in changed), changed
+
+
+def test_gradcam_key_reruns_gradcam_only(project: Path) -> None:
+    done = run(["dvc", "exp", "run", "-S", "gradcam.images_per_class=1"], project)
+    assert stages_run(done.stdout) == ["gradcam"]
+
+
+def test_run_is_tracked_in_the_project_store(pipeline: dict, project: Path) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("cxr-classification")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    baseline = runs[0]
+    assert all(baseline.data.tags.get(f"cxr.stage.{stage}") for stage in STAGES)
+    assert (
+        float(baseline.data.params["lr"])
+        == yaml.safe_load((project / "params.yaml").read_text())["lr"]
+    )
+    assert "eval/accuracy" in baseline.data.metrics
+    history = client.get_metric_history(baseline.info.run_id, "val_loss")
+    assert [point.step for point in history] == [1, 2]
+
+
+def test_pipeline_runs_on_real_xrays(real_data: Path, tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    set_params(project, {**SMOKE, ("data", "source"): str(real_data)})
+    run(["dvc", "repro"], project)
+    download = json.loads((project / "metrics/download.json").read_text())
+    classes = sorted(p.name for p in real_data.iterdir() if (p / "images").is_dir())
+    assert sorted(download["classes"]) == classes
+    assert sum(download["masks"].values()) > 0  # the lung masks came along, as masks
+    evaluation = json.loads((project / "metrics/eval.json").read_text())
+    assert sorted(evaluation["per_class"]) == classes
+    print("cxr3 test metrics:", evaluation["accuracy"], evaluation["macro"]["f1"])
