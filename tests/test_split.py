@@ -64,7 +64,7 @@ def assert_no_group_straddles(data: Path, split_dir: Path, max_distance: int | N
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_duplicate_groups_stay_in_one_split(tmp_path: Path, seed: int) -> None:
     data = ingest(source_with_duplicates(tmp_path / "src"), tmp_path / "p")
-    cfg = SplitConfig(ratio=(0.5, 0.25, 0.25), seed=seed, near_duplicate_distance=4)
+    cfg = SplitConfig(ratio=(0.5, 0.25, 0.25), seed=seed, near_duplicate_distance=24)
     metrics = split_dataset(
         data / "raw", data / "manifest.csv", data / "split", cfg, tmp_path / "dist.csv"
     )
@@ -75,7 +75,7 @@ def test_duplicate_groups_stay_in_one_split(tmp_path: Path, seed: int) -> None:
     assert dup["near_groups"] == 1
     assert dup["files_in_groups"] == 5 and dup["files_merged"] == 3
     assert dup["cross_class_groups"] == 1
-    assert assert_no_group_straddles(data, data / "split", 4) == 2
+    assert assert_no_group_straddles(data, data / "split", 24) == 2
     dist = pd.read_csv(tmp_path / "dist.csv")
     assert dist["images"].sum() == sum(metrics["totals"].values()) == 27
     assert set(dist["split"]) == {"train", "val", "test"}
@@ -110,9 +110,9 @@ def test_fixed_mode_with_too_few_images_names_the_key(tmp_path: Path) -> None:
 
 def test_real_sample_groups_never_span_splits(real_data: Path, tmp_path: Path) -> None:
     data = ingest(real_data, tmp_path / "p")
-    cfg = SplitConfig(near_duplicate_distance=4)
+    cfg = SplitConfig(near_duplicate_distance=24)
     metrics = split_dataset(data / "raw", data / "manifest.csv", data / "split", cfg)
-    checked = assert_no_group_straddles(data, data / "split", 4)
+    checked = assert_no_group_straddles(data, data / "split", 24)
     assert metrics["duplicates"]["groups"] == checked
     manifest = pd.read_csv(data / "manifest.csv")
     assert sum(metrics["totals"].values()) == len(manifest)

@@ -92,8 +92,8 @@ class SplitConfig:
     ratio: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test
     fixed: tuple[int, int] = (60, 60)  # val and test images per class; the rest is train
     seed: int = 1337
-    # Perceptual-hash bits (of 64) within which two images are near-duplicates; None: off.
-    near_duplicate_distance: int | None = Field(4, ge=0, le=32)
+    # Perceptual-hash bits (of 256) within which two images are near-duplicates; None: off.
+    near_duplicate_distance: int | None = Field(24, ge=0, le=128)
 
     @field_validator("ratio")
     @classmethod

@@ -1,8 +1,9 @@
 """Duplicate groups: exact (same sha256) and near (perceptual hashes within a distance).
 
 Near-duplicates — the same X-ray re-encoded, resized or slightly cropped, or two shots of the
-same patient — leak between splits just like exact copies. Each image gets a 64-bit DCT
-perceptual hash (`imagehash.phash`) at ingestion; two images whose hashes differ in at most
+same patient — leak between splits just like exact copies. Each image gets a 256-bit DCT
+perceptual hash (`imagehash.phash`, 16x16) at ingestion — 64 bits cannot tell chest X-rays
+apart, which all share one anatomy —; two images whose hashes differ in at most
 `max_distance` bits are linked, and groups are the connected components of exact and near links
 (union-find), so a chain a~b~c is one group even if a and c are further apart.
 """
@@ -15,17 +16,20 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-# Rows compared at once against all hashes: bounds memory at BLOCK x N booleans.
-BLOCK = 2048
+# Rows compared at once against all hashes: bounds memory at BLOCK x N x 4 words.
+BLOCK = 1024
+HASH_SIZE = 16  # a HASH_SIZE x HASH_SIZE bit DCT hash: 256 bits, 64 hex digits
 
 
 def phash_hex(image: Image.Image) -> str:
-    """The 64-bit perceptual hash of an image, as 16 hex digits."""
-    return str(imagehash.phash(image, hash_size=8))
+    """The 256-bit perceptual hash of an image, as 64 hex digits."""
+    return str(imagehash.phash(image, hash_size=HASH_SIZE))
 
 
 def _hash_ints(hashes: Sequence[str]) -> np.ndarray:
-    return np.array([int(h, 16) for h in hashes], dtype=np.uint64)
+    """Hex hashes as rows of 64-bit words (N x words)."""
+    words = [[int(h[i : i + 16], 16) for i in range(0, len(h), 16)] for h in hashes]
+    return np.array(words, dtype=np.uint64).reshape(len(hashes), -1)
 
 
 def near_pairs(hashes: Sequence[str], max_distance: int) -> list[tuple[int, int]]:
@@ -34,7 +38,7 @@ def near_pairs(hashes: Sequence[str], max_distance: int) -> list[tuple[int, int]
     pairs: list[tuple[int, int]] = []
     for start in range(0, len(values), BLOCK):
         block = values[start : start + BLOCK]
-        distance = np.bitwise_count(block[:, None] ^ values[None, :])
+        distance = np.bitwise_count(block[:, None, :] ^ values[None, :, :]).sum(axis=2)
         rows, cols = np.nonzero(distance <= max_distance)
         rows = rows + start
         keep = rows < cols

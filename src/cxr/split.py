@@ -10,6 +10,7 @@ under two labels) is then moved whole into the split holding most of its members
 
 from __future__ import annotations
 
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from cxr.config import SplitConfig
 from cxr.dedupe import group_labels
 from cxr.errors import CxrError
 from cxr.fsio import atomic_dir, sorted_dirs, sorted_files, write_csv
+from cxr.links import link_tree
 
 SPLITS = ("train", "val", "test")
 
@@ -137,15 +139,24 @@ def _check_fixed_feasible(raw: Path, fixed: tuple[int, int]) -> None:
 
 
 def _run_splitfolders(raw: Path, scratch: Path, cfg: SplitConfig, group) -> None:
-    if cfg.mode == "ratio":
-        splitfolders.ratio(
-            str(raw), output=str(scratch), seed=cfg.seed, ratio=cfg.ratio, group=group
-        )
-    else:
+    """split-folders *moves* files out of a hard-linked mirror of `raw`, so the split files
+    are links to the raw ones (no second copy on disk) and `raw` itself is never touched."""
+    if cfg.mode == "fixed":
         _check_fixed_feasible(raw, cfg.fixed)
-        splitfolders.fixed(
-            str(raw), output=str(scratch), seed=cfg.seed, fixed=cfg.fixed, group=group
-        )
+    staging = scratch.with_name(".split-staging")  # a fixed name: a stale one is replaced
+    shutil.rmtree(staging, ignore_errors=True)
+    link_tree(raw, staging)
+    try:
+        if cfg.mode == "ratio":
+            splitfolders.ratio(
+                str(staging), str(scratch), seed=cfg.seed, ratio=cfg.ratio, group=group, move=True
+            )
+        else:
+            splitfolders.fixed(
+                str(staging), str(scratch), seed=cfg.seed, fixed=cfg.fixed, group=group, move=True
+            )
+    finally:
+        shutil.rmtree(staging)
 
 
 def distribution_rows(counts: dict[str, dict[str, int]]) -> pd.DataFrame:
