@@ -11,8 +11,6 @@ written, and the byte count is enforced again while writing, since headers can l
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import stat
 import tarfile
 import time
@@ -213,11 +211,3 @@ def safe_extract(archive: Path, dest: Path, limits: ExtractLimits) -> Path:
     else:
         raise ArchiveError(f"{archive}: not a zip or tar archive")
     return dest
-
-
-def clear(path: Path) -> None:
-    """Remove a scratch file or folder if present."""
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        os.unlink(path)
