@@ -12,11 +12,17 @@ def main() -> None:
     params = load_params()
     with pipeline_run("download", params) as run:
         summary = fetch(
-            params.data, layout.project_root(), layout.RAW, layout.MASKS, layout.MANIFEST
+            params.data,
+            layout.project_root(),
+            layout.RAW,
+            layout.MASKS,
+            layout.MANIFEST,
+            layout.REJECTED,
         )
         write_json(layout.DOWNLOAD_METRICS, summary)
         run.log_metrics_file(layout.DOWNLOAD_METRICS, "download")
         run.log_artifact(layout.MANIFEST, "data")
+        run.log_artifact(layout.REJECTED, "data")
 
 
 if __name__ == "__main__":

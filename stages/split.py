@@ -11,7 +11,9 @@ from cxr.tracking import pipeline_run
 def main() -> None:
     params = load_params()
     with pipeline_run("split", params) as run:
-        summary = split_dataset(layout.RAW, layout.MANIFEST, layout.SPLIT, params.split)
+        summary = split_dataset(
+            layout.RAW, layout.MANIFEST, layout.SPLIT, params.split, layout.CLASS_DISTRIBUTION
+        )
         write_json(layout.DATA_METRICS, summary)
         run.log_metrics_file(layout.DATA_METRICS, "data")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import random
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from PIL import Image
 from cxr.errors import ConfigError
 from cxr.fsio import atomic_dir, sorted_dirs, sorted_files, write_csv
 from cxr.images import read_gray8, save_png, to_gray8
+from cxr.links import link_or_copy
 from cxr.parallel import ordered_map
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ def augment_train(
         for class_dir in class_dirs:
             (train_out / class_dir.name).mkdir(parents=True)
             for src in sorted_files(class_dir):
-                shutil.copyfile(src, train_out / class_dir.name / src.name)
+                link_or_copy(src, train_out / class_dir.name / src.name)  # no second copy
             class_rows, class_tasks = plan_class(class_dir, train_out, target, cfg.seed)
             rows += class_rows
             tasks += class_tasks

@@ -41,12 +41,34 @@ class SyntheticConfig:
 
 
 @dataclass(config=_STRICT)
+class ArchiveConfig:
+    """How archives (URL, Kaggle, local zip/tar) are fetched and unpacked."""
+
+    sha256: str = ""  # expected sha256 of an http(s) archive; required for URL sources
+    retries: int = Field(3, ge=0)  # extra tries after a transient HTTP/network failure
+    timeout_s: float = Field(60.0, gt=0)
+    max_files: int = Field(100_000, ge=1)  # zip-bomb caps, checked before extracting
+    max_mb: int = Field(4096, ge=1)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if value and (len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value)):
+            raise ValueError("must be the archive's 64-hex-digit sha256, or empty")
+        return value.lower()
+
+
+@dataclass(config=_STRICT)
 class DataConfig:
-    # `synthetic`, or a folder: class sub-folders of images, or the Kaggle database's
-    # `<Class>/images` + `<Class>/masks` layout. Relative paths are taken from the project root.
+    # `synthetic`, a folder (class sub-folders of images, or the Kaggle database's
+    # `<Class>/images` + `<Class>/masks` layout), a .zip/.tar.gz archive, an http(s) URL of
+    # one, or `kaggle:<owner>/<dataset>`. Relative paths are taken from the project root.
     source: str = "synthetic"
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+    on_bad_image: Literal["fail", "skip"] = "fail"
+    class_aliases: dict[str, str] = Field(default_factory=dict)  # folder name -> class name
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
 
     @field_validator("source")
     @classmethod
@@ -70,6 +92,8 @@ class SplitConfig:
     ratio: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test
     fixed: tuple[int, int] = (60, 60)  # val and test images per class; the rest is train
     seed: int = 1337
+    # Perceptual-hash bits (of 256) within which two images are near-duplicates; None: off.
+    near_duplicate_distance: int | None = Field(24, ge=0, le=128)
 
     @field_validator("ratio")
     @classmethod

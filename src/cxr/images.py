@@ -6,6 +6,7 @@ Every image, whatever its mode (16-bit, RGB, RGBA, palette), becomes 8-bit grays
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +47,16 @@ def read_gray8(path: Path | str) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise BadImageError(f"{path}: empty file (0 bytes)")
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.load()  # decode now: truncated files fail here, not later in training
-            return to_gray8(image)
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x MAX_IMAGE_PIXELS; we refuse those too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image = ImageOps.exif_transpose(image)
+                image.load()  # decode now: truncated files fail here, not later in training
+                return to_gray8(image)
     except BadImageError:
         raise
-    except Image.DecompressionBombError as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(f"{path}: refused as a decompression bomb ({err})") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise BadImageError(f"{path}: not a readable image ({err})") from None

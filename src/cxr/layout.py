@@ -8,6 +8,7 @@ from pathlib import Path
 RAW = Path("data/raw")  # <Class>/<name>.png, 8-bit grayscale
 MASKS = Path("data/masks")  # <Class>/<name>.png, same name as the image; may be empty
 MANIFEST = Path("data/manifest.csv")
+REJECTED = Path("data/rejected.csv")  # source, class, reason of each image left out
 SPLIT = Path("data/split")  # {train,val,test}/<Class>/<name>.png
 AUGMENTED = Path("data/augmented")  # train/<Class>/..., manifest.csv
 AUGMENTED_TRAIN = AUGMENTED / "train"
@@ -26,6 +27,7 @@ GRADCAM_METRICS = METRICS / "gradcam.json"
 PLOTS = Path("plots")
 TRAIN_HISTORY = PLOTS / "train_history.csv"
 PREDICTIONS = PLOTS / "predictions.csv"
+CLASS_DISTRIBUTION = PLOTS / "class_distribution.csv"
 GRADCAM_DIR = PLOTS / "gradcam"
 
 

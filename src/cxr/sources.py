@@ -9,6 +9,7 @@ both. The source folder itself is only ever read.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -18,13 +19,20 @@ from pathlib import Path
 import pandas as pd
 
 from cxr import synthetic
+from cxr.archives import ExtractLimits, download, safe_extract
 from cxr.config import DataConfig
+from cxr.dedupe import phash_hex
 from cxr.errors import CxrError
 from cxr.fsio import atomic_dir, sha256_file, sorted_dirs, sorted_files, write_csv
 from cxr.images import BadImageError, read_gray8, read_mask, save_png
 from cxr.parallel import ordered_map
 
-MANIFEST_COLUMNS = ["file", "class", "sha256", "bytes", "width", "height", "source", "mask"]
+MANIFEST_COLUMNS = [
+    "file", "class", "sha256", "phash", "bytes", "width", "height", "source", "mask"
+]  # fmt: skip
+REJECTED_COLUMNS = ["source", "class", "reason"]
+# Folders that archive tools add and that are never classes.
+IGNORED_DIRS = frozenset({"__MACOSX"})
 
 
 class SourceError(CxrError, ValueError):
@@ -55,8 +63,7 @@ def _synthetic_folder(cfg: DataConfig, root: Path) -> Iterator[Path]:
 
 @contextmanager
 def _local_folder(cfg: DataConfig, root: Path) -> Iterator[Path]:
-    folder = Path(cfg.source).expanduser()
-    folder = folder if folder.is_absolute() else root / folder
+    folder = _resolve(cfg.source, root)
     if not folder.is_dir():
         raise SourceError(
             f"data.source: folder {folder} does not exist. Point data.source at a folder of "
@@ -66,11 +73,100 @@ def _local_folder(cfg: DataConfig, root: Path) -> Iterator[Path]:
     yield folder
 
 
+def _limits(cfg: DataConfig) -> ExtractLimits:
+    return ExtractLimits(cfg.archive.max_files, cfg.archive.max_mb * 1024 * 1024)
+
+
+@contextmanager
+def _extracted(archive: Path, cfg: DataConfig) -> Iterator[Path]:
+    """A scratch folder holding the archive's checked contents; removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="cxr-extract-") as scratch:
+        yield safe_extract(archive, Path(scratch), _limits(cfg))
+
+
+@contextmanager
+def _local_archive(cfg: DataConfig, root: Path) -> Iterator[Path]:
+    archive = _resolve(cfg.source, root)
+    if not archive.is_file():
+        raise SourceError(f"data.source: archive {archive} does not exist.")
+    with _extracted(archive, cfg) as folder:
+        yield folder
+
+
+@contextmanager
+def _http_archive(cfg: DataConfig, root: Path) -> Iterator[Path]:
+    if not cfg.archive.sha256:
+        raise SourceError(
+            f"data.archive.sha256: required for a URL source ({cfg.source}); set it to the "
+            "archive's sha256 (`sha256sum file.zip`), so a changed file cannot slip in."
+        )
+    with tempfile.TemporaryDirectory(prefix="cxr-download-") as scratch:
+        archive = download(
+            cfg.source,
+            Path(scratch) / "archive",
+            cfg.archive.sha256,
+            retries=cfg.archive.retries,
+            timeout=cfg.archive.timeout_s,
+        )
+        with _extracted(archive, cfg) as folder:
+            yield folder
+
+
+KAGGLE_ENV = ("KAGGLE_USERNAME", "KAGGLE_KEY")
+
+
+def kaggle_credentials_present(env: dict[str, str] | None = None) -> bool:
+    """Whether the Kaggle client will find credentials (env vars or kaggle.json)."""
+    env = dict(os.environ) if env is None else env
+    if all(env.get(name) for name in KAGGLE_ENV) or env.get("KAGGLE_API_TOKEN"):
+        return True
+    config_dir = Path(env.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+    return (config_dir / "kaggle.json").is_file() or (config_dir / "access_token").is_file()
+
+
+@contextmanager
+def _kaggle_dataset(cfg: DataConfig, root: Path) -> Iterator[Path]:
+    dataset = cfg.source.removeprefix("kaggle:")
+    if not kaggle_credentials_present():
+        raise SourceError(
+            f"data.source {cfg.source}: no Kaggle credentials. Set KAGGLE_USERNAME and "
+            "KAGGLE_KEY, or put kaggle.json in ~/.kaggle (or $KAGGLE_CONFIG_DIR)."
+        )
+    # Imported here: the client authenticates at import time.
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    api = KaggleApi()
+    with tempfile.TemporaryDirectory(prefix="cxr-kaggle-") as scratch:
+        try:
+            api.authenticate()
+            api.dataset_download_files(dataset, path=scratch, quiet=True, unzip=False)
+        except (Exception, SystemExit) as err:  # its messages may echo request data: not shown
+            raise SourceError(
+                f"data.source {cfg.source}: Kaggle download failed ({type(err).__name__}). "
+                "Check the dataset name and that your account accepted its terms."
+            ) from None
+        archives = sorted(Path(scratch).glob("*.zip"))
+        if len(archives) != 1:
+            raise SourceError(f"data.source {cfg.source}: Kaggle returned no single zip file")
+        with _extracted(archives[0], cfg) as folder:
+            yield folder
+
+
+def _resolve(source: str, root: Path) -> Path:
+    path = Path(source).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
 SourceOpener = Callable[[DataConfig, Path], AbstractContextManager[Path]]
 
-# (predicate on data.source, opener); the first match wins, the last is the catch-all.
+# (name, predicate on data.source, opener); the first match wins, the last is the catch-all.
 SOURCE_KINDS: list[tuple[str, Callable[[str], bool], SourceOpener]] = [
     ("synthetic", lambda source: source == "synthetic", _synthetic_folder),
+    ("kaggle", lambda source: source.startswith("kaggle:"), _kaggle_dataset),
+    ("http", lambda source: source.startswith(("http://", "https://")), _http_archive),
+    ("archive", lambda source: source.lower().endswith(ARCHIVE_SUFFIXES), _local_archive),
     ("folder", lambda source: True, _local_folder),
 ]
 
@@ -85,22 +181,48 @@ def source_kind(source: str) -> tuple[str, SourceOpener]:
 # ---------------------------------------------------------------- layout detection
 
 
-def detect_layout(folder: Path, extensions: tuple[str, ...]) -> list[ClassFolder]:
-    """Class folders of `folder`, sorted by name: Kaggle (`<Class>/images`) or flat."""
+def _class_dirs(folder: Path) -> list[Path]:
+    return [d for d in sorted_dirs(folder) if d.name not in IGNORED_DIRS]
+
+
+def _is_class_dir(folder: Path, extensions: tuple[str, ...]) -> bool:
+    return (folder / "images").is_dir() or bool(sorted_files(folder, extensions))
+
+
+def dataset_root(folder: Path, extensions: tuple[str, ...]) -> Path:
+    """`folder`, or its single sub-folder when the classes are nested one level below it
+    (`COVID-19_Radiography_Dataset/<Class>/...`, as archives usually unpack)."""
+    subdirs = _class_dirs(folder)
+    if len(subdirs) == 1 and not _is_class_dir(subdirs[0], extensions):
+        return subdirs[0]
+    return folder
+
+
+def detect_layout(
+    folder: Path, extensions: tuple[str, ...], aliases: dict[str, str] | None = None
+) -> list[ClassFolder]:
+    """Class folders of `folder`, sorted by folder name: Kaggle (`<Class>/images`) or flat.
+
+    Class names go through `aliases` (folder name -> class name); loose files next to the class
+    folders (READMEs, metadata sheets) are ignored.
+    """
+    aliases = aliases or {}
+    folder = dataset_root(folder, extensions)
     classes = []
-    for class_dir in sorted_dirs(folder):
+    for class_dir in _class_dirs(folder):
+        name = aliases.get(class_dir.name, class_dir.name)
         images = class_dir / "images"
         if images.is_dir():  # the Kaggle database's layout
             masks = class_dir / "masks"
-            classes.append(ClassFolder(class_dir.name, images, masks if masks.is_dir() else None))
+            classes.append(ClassFolder(name, images, masks if masks.is_dir() else None))
         elif sorted_files(class_dir, extensions):
-            classes.append(ClassFolder(class_dir.name, class_dir, None))
+            classes.append(ClassFolder(name, class_dir, None))
         else:
             raise SourceError(
                 f"{class_dir}: class folder holds no images with extensions "
                 f"{list(extensions)} (nor an images/ sub-folder). Remove it or add its images."
             )
-    if len(classes) < 2:
+    if len({entry.name for entry in classes}) < 2:
         raise SourceError(
             f"{folder}: found {len(classes)} class folder(s); a classifier needs at least two "
             "(expected <Class>/*.png or <Class>/images/*.png)."
@@ -124,23 +246,36 @@ class _IngestItem:
     mask_out: Path | None
 
 
-def _ingest_one(item: _IngestItem) -> dict[str, object]:
+def _read_pair(item: _IngestItem):
     image = read_gray8(item.source)
+    if item.mask is None:
+        return image, None
+    mask = read_mask(item.mask)
+    if mask.size != image.size:
+        raise BadImageError(
+            f"{item.mask}: mask is {mask.size[0]}x{mask.size[1]} but its image is "
+            f"{image.size[0]}x{image.size[1]}"
+        )
+    return image, mask
+
+
+def _ingest_one(item: _IngestItem) -> dict[str, object]:
+    """Decode, check and write one image (and mask): a manifest row, or a rejection row
+    (`reason` set) when the image or its mask is unusable. Nothing is written for a reject."""
+    try:
+        image, mask = _read_pair(item)
+    except BadImageError as err:
+        return {"source": item.source_name, "class": item.class_name, "reason": str(err)}
     save_png(image, item.image_out)
     mask_name = ""
-    if item.mask is not None and item.mask_out is not None:
-        mask = read_mask(item.mask)
-        if mask.size != image.size:
-            raise BadImageError(
-                f"{item.mask}: mask is {mask.size[0]}x{mask.size[1]} but its image is "
-                f"{image.size[0]}x{image.size[1]}"
-            )
+    if mask is not None and item.mask_out is not None:
         save_png(mask, item.mask_out)
         mask_name = f"{item.class_name}/{item.mask_out.name}"
     return {
         "file": f"{item.class_name}/{item.image_out.name}",
         "class": item.class_name,
         "sha256": sha256_file(item.image_out),
+        "phash": phash_hex(image),
         "bytes": item.image_out.stat().st_size,
         "width": image.size[0],
         "height": image.size[1],
@@ -153,17 +288,16 @@ def _plan(
     classes: list[ClassFolder], extensions: tuple[str, ...], folder: Path, raw: Path, masks: Path
 ) -> list[_IngestItem]:
     items: list[_IngestItem] = []
+    seen: dict[str, Path] = {}
     for entry in classes:
-        (raw / entry.name).mkdir()
+        (raw / entry.name).mkdir(exist_ok=True)  # two folders may alias one class
         if entry.masks is not None:
-            (masks / entry.name).mkdir()
-        seen: dict[str, Path] = {}
+            (masks / entry.name).mkdir(exist_ok=True)
         for path in sorted_files(entry.images, extensions):
-            out_name = f"{path.stem}.png"
+            out_name = f"{entry.name}/{path.stem}.png"
             if out_name in seen:
                 raise SourceError(
-                    f"{path} and {seen[out_name]} would both become {entry.name}/{out_name}; "
-                    "rename one of them."
+                    f"{path} and {seen[out_name]} would both become {out_name}; rename one of them."
                 )
             seen[out_name] = path
             mask = entry.masks / path.name if entry.masks is not None else None
@@ -174,33 +308,58 @@ def _plan(
                     source=path,
                     source_name=path.relative_to(folder).as_posix(),
                     mask=mask if has_mask else None,
-                    image_out=raw / entry.name / out_name,
-                    mask_out=masks / entry.name / out_name if has_mask else None,
+                    image_out=raw / out_name,
+                    mask_out=masks / out_name if has_mask else None,
                 )
             )
     return items
 
 
+def _check_rejects(rejected: pd.DataFrame, on_bad_image: str) -> None:
+    if on_bad_image == "fail" and len(rejected):
+        first = rejected.iloc[0]
+        raise BadImageError(
+            f"{len(rejected)} unusable image(s), first: {first['reason']}. Fix or remove them, "
+            "or set data.on_bad_image: skip to leave them out (listed in data/rejected.csv)."
+        )
+
+
 def ingest(
-    folder: Path, extensions: tuple[str, ...], raw: Path, masks: Path, workers: int | None = None
-) -> pd.DataFrame:
-    """Decode, convert and write every image (and mask) of `folder`; return the manifest."""
-    classes = detect_layout(folder, extensions)
-    items = _plan(classes, extensions, folder, raw, masks)
-    return pd.DataFrame(ordered_map(_ingest_one, items, workers), columns=MANIFEST_COLUMNS)
+    folder: Path,
+    cfg: DataConfig,
+    raw: Path,
+    masks: Path,
+    workers: int | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Decode, convert and write every image (and mask) of `folder`.
+
+    Returns the manifest and the rejected files (source, class, reason); with
+    `data.on_bad_image: fail`, any rejected file is an error instead.
+    """
+    classes = detect_layout(folder, cfg.extensions, dict(cfg.class_aliases))
+    items = _plan(classes, cfg.extensions, folder, raw, masks)
+    results = ordered_map(_ingest_one, items, workers)
+    rejected = pd.DataFrame([r for r in results if "reason" in r], columns=REJECTED_COLUMNS)
+    _check_rejects(rejected, cfg.on_bad_image)
+    rows = [r for r in results if "reason" not in r]
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), rejected
 
 
-def fetch(cfg: DataConfig, root: Path, raw: Path, masks: Path, manifest: Path) -> dict:
+def fetch(
+    cfg: DataConfig, root: Path, raw: Path, masks: Path, manifest: Path, rejected_csv: Path
+) -> dict:
     """Run the download stage; return its summary metrics."""
     kind, opener = source_kind(cfg.source)
     with opener(cfg, root) as folder, atomic_dir(raw) as raw_tmp, atomic_dir(masks) as masks_tmp:
-        frame = ingest(folder, cfg.extensions, raw_tmp, masks_tmp)
+        frame, rejected = ingest(folder, cfg, raw_tmp, masks_tmp)
         write_csv(manifest, frame)  # paths relative to the raw and masks folders
+        write_csv(rejected_csv, rejected)
     per_class = frame.groupby("class").size()
     with_mask = frame[frame["mask"] != ""].groupby("class").size()
     return {
         "source_kind": kind,
         "images": len(frame),
+        "rejected": len(rejected),
         "classes": {name: int(per_class[name]) for name in per_class.index},
         "masks": {name: int(with_mask.get(name, 0)) for name in per_class.index},
     }

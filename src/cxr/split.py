@@ -1,12 +1,16 @@
 """The split stage: train/val/test folders through split-folders, free of duplicate leakage.
 
 split-folders does the seeded, per-class (stratified) split. We hand it a grouping function so
-that files with identical content (same sha256 in the manifest) form one unit that lands in a
-single split: a duplicate in train and test would inflate test scores.
+that each duplicate group — identical content (same sha256 in the manifest) or near-identical
+(perceptual hashes within `split.near_duplicate_distance` bits, see `cxr.dedupe`) — forms one
+unit that lands in a single split: a duplicate in train and test would inflate test scores.
+split-folders splits each class on its own, so a group spanning two classes (the same image
+under two labels) is then moved whole into the split holding most of its members.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,8 +18,10 @@ import pandas as pd
 import splitfolders
 
 from cxr.config import SplitConfig
+from cxr.dedupe import group_labels
 from cxr.errors import CxrError
-from cxr.fsio import atomic_dir, sorted_dirs, sorted_files
+from cxr.fsio import atomic_dir, sorted_dirs, sorted_files, write_csv
+from cxr.links import link_tree
 
 SPLITS = ("train", "val", "test")
 
@@ -24,16 +30,39 @@ class SplitError(CxrError, ValueError):
     """The requested split cannot be made from this data; the message names the key."""
 
 
-def duplicate_groups(manifest: pd.DataFrame) -> dict[str, str]:
-    """Map each image (`<Class>/<name>`) to the key of its duplicate group (its sha256)."""
-    return dict(zip(manifest["file"], manifest["sha256"], strict=True))
+def duplicate_groups(
+    manifest: pd.DataFrame, max_distance: int | None
+) -> tuple[pd.Series, set[int]]:
+    """Each image's (`<Class>/<name>`) duplicate-group label (its first member's row), and
+    the labels of groups that near-duplicate links made."""
+    labels, near = group_labels(list(manifest["sha256"]), list(manifest["phash"]), max_distance)
+    return pd.Series(labels, index=manifest["file"], name="group"), near
 
 
-def _grouper(group_of: dict[str, str]):
+def duplicate_summary(
+    manifest: pd.DataFrame, group_of: pd.Series, near: set[int], max_distance: int | None
+) -> dict[str, int]:
+    """Counts of duplicate groups and of the files merged into them, for metrics/data.json."""
+    frame = manifest.assign(group=group_of.to_numpy())
+    sizes = frame.groupby("group").size()
+    multi = sizes[sizes > 1]
+    exact = manifest.groupby("sha256").size()
+    return {
+        "exact_groups": int((exact > 1).sum()),
+        "near_groups": len(near),
+        "groups": len(multi),
+        "files_in_groups": int(multi.sum()),
+        "files_merged": int((multi - 1).sum()),  # files that travel with another one
+        "cross_class_groups": int((frame.groupby("group")["class"].nunique() > 1).sum()),
+        "near_duplicate_distance": -1 if max_distance is None else max_distance,
+    }
+
+
+def _grouper(group_of: dict[str, int]):
     """split-folders `group=` callable: one tuple per duplicate group, in a stable order."""
 
     def group(files: list[Path]) -> list[tuple[Path, ...]]:
-        members: dict[str, list[Path]] = defaultdict(list)
+        members: dict[object, list[Path]] = defaultdict(list)
         for path in files:
             key = f"{path.parent.name}/{path.name}"
             members[group_of.get(key, key)].append(path)
@@ -66,43 +95,96 @@ def _check_every_class_everywhere(counts: dict[str, dict[str, int]], cfg: SplitC
                 )
 
 
-def _cross_class_duplicates(manifest: pd.DataFrame) -> int:
-    classes_per_hash = manifest.groupby("sha256")["class"].nunique()
-    return int((classes_per_hash > 1).sum())
+def split_of_files(split_dir: Path) -> dict[str, str]:
+    """`<Class>/<name>` -> the split it landed in."""
+    return {
+        f"{class_dir.name}/{path.name}": split
+        for split in SPLITS
+        if (split_dir / split).is_dir()
+        for class_dir in sorted_dirs(split_dir / split)
+        for path in sorted_files(class_dir)
+    }
 
 
-def split_dataset(raw: Path, manifest_csv: Path, out: Path, cfg: SplitConfig) -> dict:
-    """Split `raw` into `out/{train,val,test}/<Class>`; return the split's metrics."""
-    manifest = pd.read_csv(manifest_csv, keep_default_na=False)
-    group = _grouper(duplicate_groups(manifest))
-    with atomic_dir(out) as scratch:
+def reunite_groups(split_dir: Path, group_of: pd.Series) -> int:
+    """Move every member of a group that straddles splits (only cross-class groups can) into
+    the split holding most of its members (ties: train, then val, then test); return the
+    number of files moved."""
+    where = pd.Series(split_of_files(split_dir), name="split")
+    frame = pd.DataFrame({"group": group_of}).join(where, how="inner")
+    moved = 0
+    for _, members in frame.groupby("group", sort=True):
+        if members["split"].nunique() < 2:
+            continue
+        votes = members["split"].value_counts()
+        home = min(votes.index, key=lambda split: (-votes[split], SPLITS.index(split)))
+        for file, split in members["split"].items():
+            if split != home:
+                (split_dir / home / file).parent.mkdir(parents=True, exist_ok=True)
+                (split_dir / split / file).rename(split_dir / home / file)
+                moved += 1
+    return moved
+
+
+def _check_fixed_feasible(raw: Path, fixed: tuple[int, int]) -> None:
+    needed = sum(fixed) + 1
+    for class_dir in sorted_dirs(raw):
+        have = len(sorted_files(class_dir))
+        if have < needed:
+            raise SplitError(
+                f"split.fixed: class {class_dir.name!r} has {have} images; {list(fixed)} for "
+                f"val and test needs at least {needed} (one left for train). Lower split.fixed "
+                "or use split.mode: ratio."
+            )
+
+
+def _run_splitfolders(raw: Path, scratch: Path, cfg: SplitConfig, group) -> None:
+    """split-folders *moves* files out of a hard-linked mirror of `raw`, so the split files
+    are links to the raw ones (no second copy on disk) and `raw` itself is never touched."""
+    if cfg.mode == "fixed":
+        _check_fixed_feasible(raw, cfg.fixed)
+    staging = scratch.with_name(".split-staging")  # a fixed name: a stale one is replaced
+    shutil.rmtree(staging, ignore_errors=True)
+    link_tree(raw, staging)
+    try:
         if cfg.mode == "ratio":
             splitfolders.ratio(
-                str(raw), output=str(scratch), seed=cfg.seed, ratio=cfg.ratio, group=group
+                str(staging), str(scratch), seed=cfg.seed, ratio=cfg.ratio, group=group, move=True
             )
         else:
-            for class_dir in sorted_dirs(raw):
-                needed = sum(cfg.fixed) + 1
-                if len(sorted_files(class_dir)) < needed:
-                    raise SplitError(
-                        f"split.fixed: class {class_dir.name!r} has "
-                        f"{len(sorted_files(class_dir))} images; {list(cfg.fixed)} for val and "
-                        f"test needs at least {needed} (one left for train). Lower split.fixed "
-                        "or use split.mode: ratio."
-                    )
             splitfolders.fixed(
-                str(raw), output=str(scratch), seed=cfg.seed, fixed=cfg.fixed, group=group
+                str(staging), str(scratch), seed=cfg.seed, fixed=cfg.fixed, group=group, move=True
             )
+    finally:
+        shutil.rmtree(staging)
+
+
+def distribution_rows(counts: dict[str, dict[str, int]]) -> pd.DataFrame:
+    """One row per (split, class) for the class-distribution bar plot."""
+    rows = [
+        {"split": split, "class": name, "label": f"{split} / {name}", "images": count}
+        for split in SPLITS
+        for name, count in sorted(counts.get(split, {}).items())
+    ]
+    return pd.DataFrame(rows, columns=["split", "class", "label", "images"])
+
+
+def split_dataset(
+    raw: Path, manifest_csv: Path, out: Path, cfg: SplitConfig, plot_csv: Path | None = None
+) -> dict:
+    """Split `raw` into `out/{train,val,test}/<Class>`; return the split's metrics."""
+    manifest = pd.read_csv(manifest_csv, keep_default_na=False, dtype={"phash": str})
+    group_of, near = duplicate_groups(manifest, cfg.near_duplicate_distance)
+    with atomic_dir(out) as scratch:
+        _run_splitfolders(raw, scratch, cfg, _grouper(group_of.to_dict()))
+        moved = reunite_groups(scratch, group_of)
         counts = split_counts(scratch)
         _check_every_class_everywhere(counts, cfg)
-
-    sizes = manifest.groupby("sha256").size()
+    if plot_csv is not None:
+        write_csv(plot_csv, distribution_rows(counts))
+    duplicates = duplicate_summary(manifest, group_of, near, cfg.near_duplicate_distance)
     return {
         "splits": counts,
         "totals": {split: sum(per_class.values()) for split, per_class in counts.items()},
-        "duplicates": {
-            "exact_groups": int((sizes > 1).sum()),
-            "files_in_exact_groups": int(sizes[sizes > 1].sum()),
-            "cross_class_groups": _cross_class_duplicates(manifest),
-        },
+        "duplicates": {**duplicates, "files_moved_to_reunite_groups": moved},
     }
