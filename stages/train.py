@@ -19,7 +19,14 @@ import pandas as pd
 from cxr import layout
 from cxr.config import Params, load_params
 from cxr.data import PixelSet, cached_split, index_folder
-from cxr.distributed import World, barrier, device_for, process_group, world_from_env
+from cxr.distributed import (
+    World,
+    barrier,
+    check_ranks_agree,
+    device_for,
+    process_group,
+    world_from_env,
+)
 from cxr.errors import run_stage
 from cxr.fsio import write_csv, write_json
 from cxr.models import ModelCard, build_model, save_checkpoint
@@ -95,6 +102,7 @@ def main() -> None:
             key=resume_key(params, train_set, val_set, world),
             world=world,
         )
+        fingerprint = check_ranks_agree(model)
         if not world.is_writer:
             return
         frame = pd.DataFrame([stats.as_dict() for stats in result.history])
@@ -107,7 +115,7 @@ def main() -> None:
         run.log_figure(history_figure(frame), "plots/train_history.png")
         print(
             f"train: best epoch {result.best_epoch} on {device} x{world.size}, "
-            f"val accuracy {result.best.val_accuracy:.3f}"
+            f"val accuracy {result.best.val_accuracy:.3f}, final weights {fingerprint[:16]}"
         )
 
 

@@ -8,6 +8,7 @@ all ranks hold the same weights; only rank 0 (`is_writer`) writes files or talks
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,3 +76,41 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer, in state-dict order."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_ranks_agree(model: torch.nn.Module) -> str:
+    """The weights' fingerprint, after checking every rank holds exactly the same weights
+    (DDP keeps them in step; a divergence means a broken run, not a result to save)."""
+    mine = weights_fingerprint(model)
+    if not (dist.is_available() and dist.is_initialized()):
+        return mine
+    every: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    if len(set(every)) != 1:
+        raise RuntimeError(f"DDP ranks ended with different weights: {every}")
+    return mine
+
+
+def average_buffers(model: torch.nn.Module) -> None:
+    """Average floating buffers (BatchNorm running statistics) over ranks, broadcast the rest.
+
+    DDP syncs buffers only at the start of a forward pass, so after an epoch's last step each
+    rank holds statistics of its own last batch; validation and checkpoints need one set.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(dist.get_world_size())
+        else:
+            dist.broadcast(buffer, src=0)

@@ -38,7 +38,7 @@ from cxr.data import (
     batch_loader,
     class_weights,
 )
-from cxr.distributed import World, all_sum
+from cxr.distributed import World, all_sum, average_buffers
 from cxr.errors import ConfigError
 from cxr.fsio import atomic_file
 from cxr.models import MODEL_SPECS
@@ -333,6 +333,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float]:
         total_loss += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
+    average_buffers(t.core)
     sums = all_sum([float(total_loss), float(correct), float(seen)], t.device)
     seconds = time.perf_counter() - start
     return sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1), sums[2] / max(seconds, 1e-9)
