@@ -144,6 +144,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--steps", type=int, default=20, help="timed steps for (a) per round")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
     return parser.parse_args()
 
 
@@ -160,6 +163,8 @@ def main() -> None:
         compile=args.compile,
     )
     device = select_device(cfg.device)
+    if args.threads:  # on a shared, oversubscribed CPU one thread avoids OpenMP barrier stalls
+        torch.set_num_threads(args.threads)
     os.environ.setdefault("CXR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "cxr-bench-cache"))
     classes = sum(1 for p in args.data.iterdir() if p.is_dir())
     print(
