@@ -12,7 +12,7 @@ rank 0 writes files and opens MLflow.
 import dataclasses
 import hashlib
 import json
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import pandas as pd
 
@@ -35,7 +35,7 @@ from cxr.tracking import PipelineRun, pipeline_run
 from cxr.training import EpochStats, fit, seed_everything, select_device, summarize
 
 
-def tracking(world: World, params: Params):
+def tracking(world: World, params: Params) -> AbstractContextManager[PipelineRun]:
     """Rank 0 logs to this pipeline run; other ranks never touch MLflow."""
     return (
         pipeline_run("train", params)
