@@ -1,10 +1,12 @@
 """Data loading: image folders → a uint8 pixel store → normalised batches on the device.
 
-Each image is decoded and resized once (in worker processes) into one `uint8` tensor of shape
-(N, 1, S, S); epochs then only gather batches from it. Random augmentation runs on whole
-batches of tensors, on the training device, with per-sample parameters drawn from a seeded
-generator. Preprocessing (`preprocess`) is the single definition used by training, evaluation,
-Grad-CAM and `predict`.
+Each image is decoded and resized once (in worker processes) into one `uint8` array of shape
+(N, 1, S, S): in RAM for evaluation (`load_split`), or, for training, in the memory-mapped
+store of `cxr.cache` (`cached_split`), which later runs on the same data and size reuse.
+Epochs then only gather batches from it (`batch_loader`, with `EpochSampler` deciding the
+order). Random augmentation runs on whole batches of tensors, on the training device, with
+per-sample parameters drawn from a seeded generator. Preprocessing (`preprocess`) is the
+single definition used by training, evaluation, Grad-CAM and `predict`.
 """
 
 from __future__ import annotations
