@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 import pandas as pd
 
@@ -28,7 +29,7 @@ from cxr.distributed import (
     world_from_env,
 )
 from cxr.errors import run_stage
-from cxr.fsio import write_csv, write_json
+from cxr.fsio import sha256_file, write_csv, write_json
 from cxr.models import ModelCard, build_model, save_checkpoint
 from cxr.plots import history_figure
 from cxr.tracking import PipelineRun, pipeline_run
@@ -57,12 +58,24 @@ def load_data(world: World, size: int, classes: tuple[str, ...]) -> tuple[PixelS
     return train, val
 
 
+TRAIN_MODULES = ("cache", "data", "distributed", "models", "training")
+
+
+def code_hash() -> str:
+    """The training code itself: DVC re-runs this stage after a code change, and the new code
+    must then train afresh rather than resume (or reuse) the old code's checkpoint."""
+    package = Path(layout.__file__).parent
+    files = [Path(__file__), *(package / f"{name}.py" for name in TRAIN_MODULES)]
+    return hashlib.sha256(b"".join(sha256_file(path).encode() for path in files)).hexdigest()
+
+
 def resume_key(params: Params, train: PixelSet, val: PixelSet, world: World) -> str:
-    """A checkpoint is resumed only for the same train params, lr, data and world size."""
+    """A checkpoint is resumed only for the same train params, lr, data, code and world size."""
     identity = {
         "train": dataclasses.asdict(params.train),
         "lr": params.lr,
         "data": [train.key, val.key],
+        "code": code_hash(),
         "world": world.size,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
