@@ -2,52 +2,133 @@
 
 Writes models/model.pt (the lowest-validation-loss epoch), metrics/train.json and the
 per-epoch history plots/train_history.csv, which also goes to MLflow as training runs.
+models/checkpoint/last.pt holds the resume state after every epoch: re-running a killed stage
+with the same params and data continues from the last complete epoch.
+
+Under `torchrun --nproc_per_node N stages/train.py` every rank trains its shard (DDP); only
+rank 0 writes files and opens MLflow.
 """
+
+import dataclasses
+import hashlib
+import json
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 
 import pandas as pd
 
 from cxr import layout
-from cxr.config import load_params
-from cxr.data import index_folder, load_split
+from cxr.config import Params, load_params
+from cxr.data import PixelSet, cached_split, index_folder
+from cxr.distributed import (
+    World,
+    barrier,
+    check_ranks_agree,
+    device_for,
+    process_group,
+    world_from_env,
+)
 from cxr.errors import run_stage
-from cxr.fsio import write_csv, write_json
+from cxr.fsio import sha256_file, write_csv, write_json
 from cxr.models import ModelCard, build_model, save_checkpoint
 from cxr.plots import history_figure
-from cxr.tracking import pipeline_run
+from cxr.tracking import PipelineRun, pipeline_run
 from cxr.training import EpochStats, fit, seed_everything, select_device, summarize
+
+
+def tracking(world: World, params: Params) -> AbstractContextManager[PipelineRun]:
+    """Rank 0 logs to this pipeline run; other ranks never touch MLflow."""
+    return (
+        pipeline_run("train", params)
+        if world.is_writer
+        else nullcontext(PipelineRun(None, None, "train"))
+    )
+
+
+def load_data(world: World, size: int, classes: tuple[str, ...]) -> tuple[PixelSet, PixelSet]:
+    """Rank 0 decodes into the pixel store (once per data and size); the others wait, then
+    map it."""
+    if world.is_writer:
+        train = cached_split(layout.AUGMENTED_TRAIN, size, classes)
+        val = cached_split(layout.SPLIT / "val", size, classes)
+    barrier()
+    if not world.is_writer:
+        train = cached_split(layout.AUGMENTED_TRAIN, size, classes, build=False)
+        val = cached_split(layout.SPLIT / "val", size, classes, build=False)
+    return train, val
+
+
+TRAIN_MODULES = ("cache", "data", "distributed", "models", "training")
+
+
+def code_hash() -> str:
+    """The training code itself: DVC re-runs this stage after a code change, and the new code
+    must then train afresh rather than resume (or reuse) the old code's checkpoint."""
+    package = Path(layout.__file__).parent
+    files = [Path(__file__), *(package / f"{name}.py" for name in TRAIN_MODULES)]
+    return hashlib.sha256(b"".join(sha256_file(path).encode() for path in files)).hexdigest()
+
+
+def resume_key(params: Params, train: PixelSet, val: PixelSet, world: World) -> str:
+    """A checkpoint is resumed only for the same train params, lr, data, code and world size."""
+    identity = {
+        "train": dataclasses.asdict(params.train),
+        "lr": params.lr,
+        "data": [train.key, val.key],
+        "code": code_hash(),
+        "world": world.size,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def main() -> None:
     params = load_params()
     cfg = params.train
-    with pipeline_run("train", params) as run:
-        device = select_device(cfg.device)
-        seed_everything(cfg.seed, device)
+    world = world_from_env()
+    device = device_for(world, select_device(cfg.device))
+    seed_everything(cfg.seed, device)
+    with process_group(world, device), tracking(world, params) as run:
         classes = index_folder(layout.AUGMENTED_TRAIN).classes
         # Build first: missing pretrained weights must fail before any data is decoded.
         model = build_model(cfg.model, len(classes), cfg.weights)
-        train_set = load_split(layout.AUGMENTED_TRAIN, cfg.image_size, classes)
-        val_set = load_split(layout.SPLIT / "val", cfg.image_size, classes)
-
+        train_set, val_set = load_data(world, cfg.image_size, classes)
         history: list[dict] = []
 
         def on_epoch(stats: EpochStats) -> None:
+            if not world.is_writer:
+                return
             history.append(stats.as_dict())
             write_csv(layout.TRAIN_HISTORY, pd.DataFrame(history))
             run.log_metrics(
                 {k: v for k, v in stats.as_dict().items() if k != "epoch"}, step=stats.epoch
             )
 
-        result = fit(model, train_set, val_set, cfg, params.lr, device, on_epoch)
+        result = fit(
+            model,
+            train_set,
+            val_set,
+            cfg,
+            params.lr,
+            device,
+            on_epoch,
+            checkpoint=layout.CHECKPOINT,
+            key=resume_key(params, train_set, val_set, world),
+            world=world,
+        )
+        fingerprint = check_ranks_agree(model)
+        if not world.is_writer:
+            return
+        frame = pd.DataFrame([stats.as_dict() for stats in result.history])
+        write_csv(layout.TRAIN_HISTORY, frame)  # includes epochs restored from a checkpoint
         model.load_state_dict(result.best_state)
         card = ModelCard(cfg.model, classes, cfg.image_size, cfg.weights, result.best_epoch)
         save_checkpoint(layout.MODEL, model, card)
         write_json(layout.TRAIN_METRICS, summarize(result, len(train_set), len(val_set)))
         run.log_metrics_file(layout.TRAIN_METRICS, "train")
-        run.log_figure(history_figure(pd.DataFrame(history)), "plots/train_history.png")
+        run.log_figure(history_figure(frame), "plots/train_history.png")
         print(
-            f"train: best epoch {result.best_epoch} on {device}, "
-            f"val accuracy {result.best.val_accuracy:.3f}"
+            f"train: best epoch {result.best_epoch} on {device} x{world.size}, "
+            f"val accuracy {result.best.val_accuracy:.3f}, final weights {fingerprint[:16]}"
         )
 
 

@@ -157,12 +157,23 @@ class TrainConfig:
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = Field(0.0, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    scheduler: Literal["none", "step", "cosine"] = "step"
+    scheduler: Literal["none", "step", "cosine", "plateau"] = "step"
     step_size: int = Field(3, ge=1)
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    gamma: float = Field(0.1, gt=0.0, le=1.0)  # step and plateau: the lr factor
+    plateau_patience: int = Field(1, ge=0)  # plateau: epochs without a val-loss gain
     early_stopping_patience: int = Field(0, ge=0)  # 0 keeps every epoch
+    # full: train everything; head: frozen backbone; unfreeze: head only for unfreeze_after
+    # epochs, then everything.
+    finetune: Literal["full", "head", "unfreeze"] = "full"
+    unfreeze_after: int = Field(1, ge=1)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # none | weighted_loss (inverse class frequency) | sampler (WeightedRandomSampler-style draws)
+    imbalance: Literal["none", "weighted_loss", "sampler"] = "none"
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     num_workers: int = Field(2, ge=0)
+    amp: bool = True  # CUDA only: bf16 where supported, else fp16 with a grad scaler
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
     seed: int = 0
 
     @field_validator("model")

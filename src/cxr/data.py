@@ -1,10 +1,12 @@
 """Data loading: image folders → a uint8 pixel store → normalised batches on the device.
 
-Each image is decoded and resized once (in worker processes) into one `uint8` tensor of shape
-(N, 1, S, S); epochs then only gather batches from it. Random augmentation runs on whole
-batches of tensors, on the training device, with per-sample parameters drawn from a seeded
-generator. Preprocessing (`preprocess`) is the single definition used by training, evaluation,
-Grad-CAM and `predict`.
+Each image is decoded and resized once (in worker processes) into one `uint8` array of shape
+(N, 1, S, S): in RAM for evaluation (`load_split`), or, for training, in the memory-mapped
+store of `cxr.cache` (`cached_split`), which later runs on the same data and size reuse.
+Epochs then only gather batches from it (`batch_loader`, with `EpochSampler` deciding the
+order). Random augmentation runs on whole batches of tensors, on the training device, with
+per-sample parameters drawn from a seeded generator. Preprocessing (`preprocess`) is the
+single definition used by training, evaluation, Grad-CAM and `predict`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
+from cxr import cache
 from cxr.errors import DataError
 from cxr.fsio import sorted_dirs, sorted_files
 from cxr.images import read_gray8
@@ -79,18 +83,118 @@ class PixelSet:
     files: tuple[Path, ...]
     pixels: torch.Tensor  # (N, 1, S, S) uint8
     labels: torch.Tensor  # (N,) int64
+    key: str = ""  # the pixel store's content key (cxr.cache), when loaded from it
 
     def __len__(self) -> int:
         return len(self.files)
 
 
 def load_split(root: Path, size: int, classes: tuple[str, ...] | None = None) -> PixelSet:
+    """Decode a split into RAM (evaluation, Grad-CAM: read once, no cache needed)."""
     index = index_folder(root, classes)
     return PixelSet(
         index.classes,
         index.files,
         load_pixels(index.files, size),
         torch.tensor(index.labels, dtype=torch.int64),
+    )
+
+
+def cached_split(
+    root: Path,
+    size: int,
+    classes: tuple[str, ...] | None = None,
+    build: bool = True,
+) -> PixelSet:
+    """A split from the memory-mapped pixel store (see cxr.cache), decoding it on a miss.
+
+    With `build=False` a missing entry is an error: DDP ranks other than 0 wait for rank 0 to
+    build the store instead of decoding the same images again.
+    """
+    index = index_folder(root, classes)
+    key = cache.store_key(root, index.files, index.labels, size)
+    stored = cache.open_store(key)
+    if stored is None:
+        if not build:
+            raise DataError(f"{root}: pixel store {key} missing in {cache.cache_dir()}")
+        stored = cache.write_store(key, load_pixels(index.files, size).numpy())
+    return PixelSet(
+        index.classes,
+        index.files,
+        torch.from_numpy(stored),
+        torch.tensor(index.labels, dtype=torch.int64),
+        key,
+    )
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse class frequency, normalised to mean 1 (absent classes get weight 0)."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    weights = torch.where(
+        counts > 0, counts.sum() / (num_classes * counts), torch.zeros_like(counts)
+    )
+    return weights.float()
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler that can also draw with replacement by per-sample weights.
+
+    The order of epoch `e` depends only on (seed, e), which is what makes resuming exact: the
+    sampler's whole state is its epoch (`set_epoch`). Without weights it is torch's
+    DistributedSampler (a seeded permutation, padded so every rank gets as many indices); with
+    weights it is WeightedRandomSampler's draw, sharded the same way. Single-process training
+    is the case num_replicas=1, rank=0.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        weights: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, seed=seed)
+        self.weights = weights
+
+    def __iter__(self) -> Iterator[int]:
+        if self.weights is None:
+            return super().__iter__()
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(self.weights, self.total_size, True, generator=generator)
+        return iter(drawn[self.rank : self.total_size : self.num_replicas].tolist())
+
+
+class BatchGather(Dataset):
+    """Whole batches gathered from a PixelSet by a list of indices (one call per batch)."""
+
+    def __init__(self, data: PixelSet) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.as_tensor(index)
+        return self.data.pixels[rows], self.data.labels[rows]
+
+
+def batch_loader(
+    data: PixelSet,
+    sampler: EpochSampler,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool,
+) -> DataLoader:
+    """Batches of uint8 pixels and labels: gathered in workers, pinned for async copies."""
+    return DataLoader(
+        BatchGather(data),
+        sampler=BatchSampler(sampler, batch_size, drop_last=False),
+        batch_size=None,  # the sampler already yields whole batches
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
     )
 
 

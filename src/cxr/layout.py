@@ -15,6 +15,8 @@ AUGMENTED_TRAIN = AUGMENTED / "train"
 AUGMENTED_MANIFEST = AUGMENTED / "manifest.csv"
 
 MODEL = Path("models/model.pt")
+# Resume state of an interrupted train stage (a DVC `persist` output: kept across runs).
+CHECKPOINT = Path("models/checkpoint/last.pt")
 
 METRICS = Path("metrics")
 DOWNLOAD_METRICS = METRICS / "download.json"

@@ -1,8 +1,14 @@
-"""Fine-tuning: optimiser and scheduler factories, the epoch loop, early stopping.
+"""Fine-tuning: optimiser, scheduler and regime factories, the epoch loop, early stopping,
+checkpoint/resume and DDP.
 
 `fit` trains on a PixelSet, validates after each epoch, keeps the weights of the epoch with
 the lowest validation loss (the model that evaluate uses) and reports every epoch to a
 callback, so the stage can write the history and log it to MLflow as it goes.
+
+Resuming is exact on CPU because nothing random carries over between epochs except what the
+checkpoint holds: epoch `e`'s sample order, augmentation draws and dropout masks derive from
+(train.seed, e, rank) alone, and model, optimizer, scheduler and grad-scaler states, history
+and the best weights so far are saved atomically after every epoch.
 """
 
 from __future__ import annotations
@@ -11,16 +17,31 @@ import copy
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from cxr.config import TrainConfig
-from cxr.data import BatchAugment, Normalize, PixelSet, batch_indices
+from cxr.data import (
+    BatchAugment,
+    EpochSampler,
+    Normalize,
+    PixelSet,
+    batch_indices,
+    batch_loader,
+    class_weights,
+)
+from cxr.distributed import World, all_sum, average_buffers
 from cxr.errors import ConfigError
+from cxr.fsio import atomic_file
+from cxr.models import MODEL_SPECS
 
 
 def select_device(requested: str) -> torch.device:
@@ -60,7 +81,7 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     ),
 }
 
-SCHEDULERS: dict[str, Callable[..., torch.optim.lr_scheduler.LRScheduler | None]] = {
+SCHEDULERS: dict[str, Callable[..., Any]] = {
     "none": lambda optimizer, cfg: None,
     "step": lambda optimizer, cfg: torch.optim.lr_scheduler.StepLR(
         optimizer, step_size=cfg.step_size, gamma=cfg.gamma
@@ -68,7 +89,79 @@ SCHEDULERS: dict[str, Callable[..., torch.optim.lr_scheduler.LRScheduler | None]
     "cosine": lambda optimizer, cfg: torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=cfg.epochs
     ),
+    "plateau": lambda optimizer, cfg: torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=cfg.gamma, patience=cfg.plateau_patience
+    ),
 }
+
+
+REGIMES: dict[str, Callable[[TrainConfig, int], bool]] = {
+    # whether the backbone trains in a (1-based) epoch
+    "full": lambda cfg, epoch: True,
+    "head": lambda cfg, epoch: False,
+    "unfreeze": lambda cfg, epoch: epoch > cfg.unfreeze_after,
+}
+
+
+def set_backbone_trainable(model: nn.Module, arch: str, trainable: bool) -> None:
+    """Freeze or thaw every parameter outside the classifier head."""
+    head = {id(p) for p in model.get_submodule(MODEL_SPECS[arch].head).parameters()}
+    for parameter in model.parameters():
+        if id(parameter) not in head:
+            parameter.requires_grad_(trainable)
+
+
+def freeze_batchnorm_stats(model: nn.Module, arch: str) -> None:
+    """A frozen backbone must not drift through BatchNorm running statistics either."""
+    head = model.get_submodule(MODEL_SPECS[arch].head)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module is not head:
+            module.eval()
+
+
+def step_scheduler(scheduler: Any, val_loss: float) -> None:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    elif scheduler is not None:
+        scheduler.step()
+
+
+def loss_function(cfg: TrainConfig, labels: torch.Tensor, num_classes: int) -> nn.Module:
+    weight = class_weights(labels, num_classes) if cfg.imbalance == "weighted_loss" else None
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def sample_weights(cfg: TrainConfig, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
+    """Per-image draw weights for imbalance=sampler: every class equally likely."""
+    if cfg.imbalance != "sampler":
+        return None
+    return class_weights(labels, num_classes).double()[labels]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Autocast dtype (None: full fp32) and whether fp16 needs a gradient scaler."""
+
+    dtype: torch.dtype | None
+    scaled: bool
+
+    def autocast(self, device: torch.device) -> Any:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+
+def precision_for(device: torch.device, amp: bool) -> Precision:
+    """bf16 where the GPU supports it, else fp16 + GradScaler; CPU/MPS train in fp32."""
+    if not amp or device.type != "cuda":
+        return Precision(None, False)
+    if torch.cuda.is_bf16_supported():
+        return Precision(torch.bfloat16, False)
+    return Precision(torch.float16, True)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
 
 
 @dataclass(frozen=True)
@@ -86,48 +179,164 @@ class EpochStats:
         return asdict(self)
 
 
+@dataclass
+class TrainState:
+    """Everything a resumed run needs; saved after each epoch (see `save_state`)."""
+
+    key: str
+    epoch: int = 0  # the last complete epoch
+    history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0
+    best_loss: float = float("inf")
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    stopped: bool = False  # early stopping ended the run
+    model: dict[str, Any] = field(default_factory=dict)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] = field(default_factory=dict)
+    sampler: dict[str, int] = field(default_factory=dict)
+
+
+def save_state(path: Path, state: TrainState) -> None:
+    payload = {name: getattr(state, name) for name in state.__dataclass_fields__}
+    payload["history"] = [stats.as_dict() for stats in state.history]
+    with atomic_file(path) as scratch:
+        torch.save(payload, scratch)
+
+
+def load_state(path: Path | None, key: str) -> TrainState:
+    """The checkpoint at `path` if it was written for `key` (same params and data), else a
+    fresh state: a checkpoint of other params or data must never be resumed."""
+    if path is None or not path.is_file():
+        return TrainState(key)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unreadable: start over rather than fail the stage
+        print(f"train: ignoring unreadable checkpoint {path} ({err})")
+        return TrainState(key)
+    if payload.get("key") != key:
+        print(f"train: checkpoint {path} is for other params or data; starting fresh")
+        return TrainState(key)
+    payload["history"] = [EpochStats(**row) for row in payload["history"]]
+    return TrainState(**payload)
+
+
 @dataclass(frozen=True)
 class FitResult:
     history: list[EpochStats]
     best_epoch: int
     best_state: dict[str, torch.Tensor]
+    resumed_from: int = 0  # the epoch a checkpoint restored (0: a fresh start)
 
     @property
     def best(self) -> EpochStats:
         return self.history[self.best_epoch - 1]
 
 
-def train_one_epoch(
+@dataclass
+class Trainer:
+    """The pieces of one training run, wired by `make_trainer`."""
+
+    core: nn.Module  # the plain model: state dicts, head/backbone lookups
+    runner: nn.Module  # what is called in the loop: maybe compiled, maybe DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    loss_fn: nn.Module
+    sampler: EpochSampler
+    loader: torch.utils.data.DataLoader
+    augment: BatchAugment
+    normalize: Normalize
+    device: torch.device
+    cfg: TrainConfig
+    world: World
+
+
+def make_trainer(
     model: nn.Module,
-    data: PixelSet,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: nn.Module,
-    batch_size: int,
+    train: PixelSet,
+    cfg: TrainConfig,
+    lr: float,
     device: torch.device,
-    generator: torch.Generator,
-    augment: BatchAugment,
-    normalize: Normalize,
-) -> tuple[float, float, float]:
-    """One pass over the data; returns mean loss, accuracy and images per second."""
-    model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    world: World,
+) -> Trainer:
+    num_classes = len(train.classes)
+    model.to(device=device, memory_format=memory_format(cfg))
+    runner: nn.Module = torch.compile(model) if cfg.compile else model
+    if world.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        # a frozen backbone leaves most parameters without gradients
+        runner = DistributedDataParallel(
+            runner, device_ids=ids, find_unused_parameters=cfg.finetune != "full"
+        )
+    optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), cfg, lr)
+    precision = precision_for(device, cfg.amp)
+    weights = sample_weights(cfg, train.labels, num_classes)
+    sampler = EpochSampler(len(train), world.size, world.rank, cfg.seed, weights)
+    return Trainer(
+        core=model,
+        runner=runner,
+        optimizer=optimizer,
+        scheduler=SCHEDULERS[cfg.scheduler](optimizer, cfg),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision.scaled),
+        precision=precision,
+        loss_fn=loss_function(cfg, train.labels, num_classes).to(device),
+        sampler=sampler,
+        loader=batch_loader(
+            train, sampler, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda"
+        ),
+        augment=BatchAugment(),
+        normalize=Normalize().to(device),
+        device=device,
+        cfg=cfg,
+        world=world,
+    )
+
+
+def memory_format(cfg: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
+def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float]:
+    """One pass over this rank's shard; loss and accuracy reduced over all ranks."""
+    t, cfg = trainer, trainer.cfg
+    backbone_trains = REGIMES[cfg.finetune](cfg, epoch)
+    set_backbone_trainable(t.core, cfg.model, backbone_trains)
+    t.runner.train()
+    if not backbone_trains:
+        freeze_batchnorm_stats(t.core, cfg.model)
+    t.sampler.set_epoch(epoch)
+    seed = epoch_seed(cfg.seed, epoch, t.world.rank)
+    torch.manual_seed(seed)  # dropout masks
+    generator = torch.Generator().manual_seed(seed)  # augmentation draws
+    total_loss = torch.zeros((), device=t.device)
+    correct = torch.zeros((), device=t.device, dtype=torch.int64)
+    seen = 0
     start = time.perf_counter()
-    for index in batch_indices(len(data), batch_size, shuffle=True, generator=generator):
-        if len(index) < 2:  # BatchNorm cannot train on a single image
+    for pixels_cpu, labels_cpu in t.loader:
+        if len(labels_cpu) < 2:  # BatchNorm cannot train on a single image
             continue
-        pixels = data.pixels[index].to(device, non_blocking=True)
-        labels = data.labels[index].to(device, non_blocking=True)
-        inputs = normalize(augment(pixels, generator))
-        optimizer.zero_grad(set_to_none=True)
-        logits = model(inputs)
-        loss = loss_fn(logits, labels)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.item() * len(index)
-        correct += int((logits.argmax(1) == labels).sum())
-        seen += len(index)
+        pixels = pixels_cpu.to(t.device, non_blocking=True)
+        labels = labels_cpu.to(t.device, non_blocking=True)
+        inputs = t.normalize(t.augment(pixels, generator)).contiguous(
+            memory_format=memory_format(cfg)
+        )
+        t.optimizer.zero_grad(set_to_none=True)
+        with t.precision.autocast(t.device):
+            logits = t.runner(inputs)
+        loss = t.loss_fn(logits.float(), labels)
+        t.scaler.scale(loss).backward()
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        # sums stay on the device: an .item() per batch would stall a GPU's queue
+        total_loss += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        seen += len(labels)
+    average_buffers(t.core)
+    sums = all_sum([float(total_loss), float(correct), float(seen)], t.device)
     seconds = time.perf_counter() - start
-    return total_loss / max(seen, 1), correct / max(seen, 1), seen / max(seconds, 1e-9)
+    return sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1), sums[2] / max(seconds, 1e-9)
 
 
 @torch.no_grad()
@@ -144,6 +353,49 @@ def predict_logits(
     return torch.cat(outputs)
 
 
+def validate(trainer: Trainer, val: PixelSet) -> tuple[float, float, float]:
+    """Validation loss, accuracy and macro-F1. Every rank scores the whole split, so all
+    ranks agree on early stopping and the best epoch without communicating."""
+    with trainer.precision.autocast(trainer.device):
+        logits = predict_logits(trainer.core, val.pixels, trainer.cfg.batch_size, trainer.device)
+    predicted, truth = logits.argmax(1).numpy(), val.labels.numpy()
+    labels = range(len(val.classes))
+    f1 = f1_score(truth, predicted, average="macro", labels=labels, zero_division=0)
+    loss = float(nn.functional.cross_entropy(logits, val.labels))
+    return loss, float((predicted == truth).mean()), float(f1)
+
+
+def _snapshot(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return copy.deepcopy({k: v.detach().cpu() for k, v in module_state.items()})
+
+
+def _restore(trainer: Trainer, state: TrainState) -> None:
+    trainer.core.load_state_dict(state.model)
+    trainer.optimizer.load_state_dict(state.optimizer)
+    if trainer.scheduler is not None and state.scheduler:
+        trainer.scheduler.load_state_dict(state.scheduler)
+    if state.scaler:
+        trainer.scaler.load_state_dict(state.scaler)
+
+
+def _record(trainer: Trainer, state: TrainState, stats: EpochStats) -> None:
+    """Fold a finished epoch into the state: best weights, early stopping, resumable parts."""
+    cfg = trainer.cfg
+    state.epoch = stats.epoch
+    state.history.append(stats)
+    if stats.val_loss < state.best_loss:
+        state.best_epoch, state.best_loss = stats.epoch, stats.val_loss
+        state.best_state = _snapshot(trainer.core.state_dict())
+    patience = cfg.early_stopping_patience
+    state.stopped = bool(patience) and stats.epoch - state.best_epoch >= patience
+    state.model = _snapshot(trainer.core.state_dict())
+    state.optimizer = trainer.optimizer.state_dict()
+    state.scheduler = trainer.scheduler.state_dict() if trainer.scheduler is not None else {}
+    state.scaler = trainer.scaler.state_dict() if trainer.precision.scaled else {}
+    # the sampler's order is a function of (seed, epoch): this is its whole state
+    state.sampler = {"seed": cfg.seed, "next_epoch": stats.epoch + 1}
+
+
 def fit(
     model: nn.Module,
     train: PixelSet,
@@ -152,52 +404,35 @@ def fit(
     lr: float,
     device: torch.device,
     on_epoch: Callable[[EpochStats], None] = lambda stats: None,
+    checkpoint: Path | None = None,
+    key: str = "",
+    world: World | None = None,
 ) -> FitResult:
-    """Train for cfg.epochs (or until early stopping); keep the lowest-val-loss weights."""
-    generator = torch.Generator().manual_seed(cfg.seed)
-    model.to(device)
-    optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), cfg, lr)
-    scheduler = SCHEDULERS[cfg.scheduler](optimizer, cfg)
-    loss_fn = nn.CrossEntropyLoss()
-    augment, normalize = BatchAugment(), Normalize().to(device)
-    history: list[EpochStats] = []
-    best_epoch, best_loss, best_state = 0, float("inf"), {}
-    for epoch in range(1, cfg.epochs + 1):
-        lr_now = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc, speed = train_one_epoch(
-            model, train, optimizer, loss_fn, cfg.batch_size, device, generator, augment, normalize
-        )
-        logits = predict_logits(model, val.pixels, cfg.batch_size, device)
-        val_loss = float(nn.functional.cross_entropy(logits, val.labels))
-        predicted = logits.argmax(1).numpy()
-        stats = EpochStats(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_accuracy=train_acc,
-            val_loss=val_loss,
-            val_accuracy=float((predicted == val.labels.numpy()).mean()),
-            val_macro_f1=float(
-                f1_score(
-                    val.labels.numpy(),
-                    predicted,
-                    average="macro",
-                    labels=range(len(val.classes)),
-                    zero_division=0,
-                )
-            ),
-            lr=lr_now,
-            images_per_second=speed,
-        )
-        history.append(stats)
-        on_epoch(stats)
-        if val_loss < best_loss:
-            best_epoch, best_loss = epoch, val_loss
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        if scheduler is not None:
-            scheduler.step()
-        if cfg.early_stopping_patience and epoch - best_epoch >= cfg.early_stopping_patience:
+    """Train for cfg.epochs (or until early stopping); keep the lowest-val-loss weights.
+
+    With `checkpoint`, the state is saved there after every epoch (by rank 0 only) and a
+    state saved under the same `key` is resumed from.
+    """
+    world = world or World()
+    trainer = make_trainer(model, train, cfg, lr, device, world)
+    state = load_state(checkpoint, key)
+    resumed_from = state.epoch
+    if resumed_from:
+        _restore(trainer, state)
+        print(f"train: resuming after epoch {resumed_from} from {checkpoint}")
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if state.stopped:
             break
-    return FitResult(history, best_epoch, best_state)
+        lr_now = trainer.optimizer.param_groups[0]["lr"]
+        train_loss, train_acc, speed = train_one_epoch(trainer, epoch)
+        val_loss, val_acc, val_f1 = validate(trainer, val)
+        stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, val_f1, lr_now, speed)
+        step_scheduler(trainer.scheduler, val_loss)
+        _record(trainer, state, stats)
+        if checkpoint is not None and world.is_writer:
+            save_state(checkpoint, state)
+        on_epoch(stats)
+    return FitResult(state.history, state.best_epoch, state.best_state, resumed_from)
 
 
 def summarize(result: FitResult, train_images: int, val_images: int) -> dict:

@@ -1,0 +1,92 @@
+"""The decoded-pixel store and the samplers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxr import cache
+from cxr.data import EpochSampler, cached_split, class_weights, load_split
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_project import write_images
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_pixel_store_decodes_once_and_matches_direct_decoding(tmp_path, store_dir) -> None:
+    write_images(tmp_path / "split", per_class=3, size=40, seed=0)
+    first = cached_split(tmp_path / "split", 32)
+    entry = store_dir / f"{first.key}.u8"
+    assert entry.stat().st_size == len(first) * 32 * 32
+    stamp = entry.stat().st_mtime_ns
+    again = cached_split(tmp_path / "split", 32)
+    assert again.key == first.key and entry.stat().st_mtime_ns == stamp  # read, not rebuilt
+    direct = load_split(tmp_path / "split", 32)
+    assert torch.equal(again.pixels, direct.pixels)
+    assert torch.equal(again.labels, direct.labels)
+    assert isinstance(again.pixels.numpy(), np.ndarray)
+
+
+def test_pixel_store_key_follows_content_and_size(tmp_path, store_dir) -> None:
+    write_images(tmp_path / "split", per_class=2, size=40, seed=0)
+    base = cached_split(tmp_path / "split", 32).key
+    assert cached_split(tmp_path / "split", 48).key != base
+    changed = sorted((tmp_path / "split" / "Normal").glob("*.png"))[0]
+    write_images(tmp_path / "other", per_class=2, size=40, seed=9)
+    changed.write_bytes(sorted((tmp_path / "other" / "Normal").glob("*.png"))[0].read_bytes())
+    assert cached_split(tmp_path / "split", 32).key != base
+
+
+def test_truncated_store_entry_is_rebuilt(tmp_path, store_dir) -> None:
+    write_images(tmp_path / "split", per_class=2, size=40, seed=0)
+    key = cached_split(tmp_path / "split", 32).key
+    entry = store_dir / f"{key}.u8"
+    entry.write_bytes(entry.read_bytes()[:100])  # as if killed while writing
+    assert cache.open_store(key) is None
+    assert torch.equal(
+        cached_split(tmp_path / "split", 32).pixels, load_split(tmp_path / "split", 32).pixels
+    )
+
+
+def test_epoch_sampler_shards_disjointly_and_repeats_per_epoch() -> None:
+    shards = []
+    for rank in range(2):
+        sampler = EpochSampler(10, num_replicas=2, rank=rank, seed=3)
+        sampler.set_epoch(1)
+        shards.append(list(sampler))
+        assert list(sampler) == shards[-1]  # a function of (seed, epoch) only
+    assert len(shards[0]) == len(shards[1]) == 5
+    assert sorted(shards[0] + shards[1]) == list(range(10))
+    sampler = EpochSampler(10, seed=3)
+    sampler.set_epoch(2)
+    second = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != second
+
+
+def test_weighted_sampler_balances_classes() -> None:
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    weights = class_weights(labels, 2).double()[labels]
+    sampler = EpochSampler(len(labels), seed=0, weights=weights)
+    drawn_indices = []
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        drawn_indices += list(sampler)
+    drawn = labels[torch.tensor(drawn_indices)]
+    share = float((drawn == 1).double().mean())
+    assert 0.45 < share < 0.55  # 2000 draws; unweighted it would be 0.1
+
+
+def test_class_weights_are_inverse_frequency() -> None:
+    weights = class_weights(torch.tensor([0, 0, 0, 1]), 3)
+    assert weights[1] == pytest.approx(3 * weights[0])
+    assert weights[2] == 0

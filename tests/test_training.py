@@ -1,0 +1,141 @@
+"""Fine-tuning regimes, imbalance options and exact kill-and-resume of the train stage."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from cxr.config import TrainConfig
+from cxr.data import PixelSet
+from cxr.models import build_model
+from cxr.training import fit, load_state
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_project import make_project, run_train, stage_env, train_command
+
+CPU = torch.device("cpu")
+
+
+def tiny_set(n: int = 12, size: int = 32, seed: int = 0) -> PixelSet:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(n) % 3
+    return PixelSet(("a", "b", "c"), tuple(Path(f"{i}.png") for i in range(n)), pixels, labels)
+
+
+def tiny_cfg(**overrides) -> TrainConfig:
+    base = {"image_size": 32, "epochs": 1, "batch_size": 4, "num_workers": 0, "device": "cpu"}
+    return TrainConfig(**{**base, **overrides})
+
+
+def changed_keys(before: dict, model: torch.nn.Module) -> set[str]:
+    after = model.state_dict()
+    return {key for key, value in before.items() if not torch.equal(value, after[key])}
+
+
+def test_head_only_regime_changes_only_head_weights() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, tiny_set(), tiny_set(6, seed=1), tiny_cfg(finetune="head"), 1e-2, CPU)
+    assert changed_keys(before, model) == {"fc.weight", "fc.bias"}
+
+
+def test_unfreeze_regime_trains_the_backbone_after_n_epochs() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = tiny_cfg(finetune="unfreeze", unfreeze_after=1, epochs=1)
+    fit(model, tiny_set(), tiny_set(6, seed=1), cfg, 1e-2, CPU)
+    assert changed_keys(before, model) == {"fc.weight", "fc.bias"}
+    model2 = build_model("resnet18", 3)
+    model2.load_state_dict(before)
+    fit(model2, tiny_set(), tiny_set(6, seed=1), tiny_cfg(finetune="unfreeze", epochs=2), 1e-2, CPU)
+    assert "conv1.weight" in changed_keys(before, model2)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"imbalance": "weighted_loss", "label_smoothing": 0.1, "scheduler": "plateau"},
+        {"imbalance": "sampler", "optimizer": "sgd", "scheduler": "cosine"},
+    ],
+)
+def test_imbalance_and_scheduler_options_train(overrides: dict) -> None:
+    torch.manual_seed(0)
+    model = build_model("squeezenet1_1", 3)
+    result = fit(
+        model,
+        tiny_set(),
+        tiny_set(6, seed=1),
+        tiny_cfg(model="squeezenet1_1", epochs=2, **overrides),
+        1e-3,
+        CPU,
+    )
+    assert [s.epoch for s in result.history] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(s.train_loss)) for s in result.history)
+
+
+def _outputs(root: Path) -> tuple[dict, pd.DataFrame, dict]:
+    history = pd.read_csv(root / "plots/train_history.csv").drop(columns="images_per_second")
+    weights = torch.load(root / "models/model.pt", weights_only=True)["state_dict"]
+    return json.loads((root / "metrics/train.json").read_text()), history, weights
+
+
+def _kill_after_first_epoch(root: Path) -> int:
+    """Start the stage, SIGKILL it once a checkpoint exists; the epoch it had saved."""
+    checkpoint = root / "models/checkpoint/last.pt"
+    process = subprocess.Popen(
+        train_command(),
+        cwd=root,
+        env=stage_env(root),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # polls a real condition (the checkpoint file) with a deadline
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate()
+    assert checkpoint.exists(), f"no checkpoint before the kill:\n{stderr}"
+    return load_state(checkpoint, load_state_key(checkpoint)).epoch
+
+
+def load_state_key(path: Path) -> str:
+    return torch.load(path, map_location="cpu", weights_only=True)["key"]
+
+
+def test_killed_training_resumes_to_the_same_result(tmp_path: Path) -> None:
+    train = {"epochs": 4, "model": "resnet18", "scheduler": "step", "step_size": 2}
+    straight = make_project(tmp_path / "straight", per_class=4, **train)
+    killed = make_project(tmp_path / "killed", per_class=4, **train)
+    run_train(straight)
+    saved_epoch = _kill_after_first_epoch(killed)
+    assert 1 <= saved_epoch < 4, "the kill came after training had finished"
+    assert not (killed / "models/model.pt").exists()
+    log = run_train(killed)
+    assert f"resuming after epoch {saved_epoch}" in log
+    metrics, history, weights = _outputs(killed)
+    expected_metrics, expected_history, expected_weights = _outputs(straight)
+    assert metrics == expected_metrics
+    pd.testing.assert_frame_equal(history, expected_history)
+    assert all(torch.equal(weights[k], expected_weights[k]) for k in expected_weights)
+
+
+def test_checkpoint_of_other_params_is_not_resumed(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p", per_class=2, epochs=1)
+    run_train(root)
+    params = (root / "params.yaml").read_text().replace("lr: 0.001", "lr: 0.002")
+    (root / "params.yaml").write_text(params)
+    log = run_train(root)
+    assert "resuming" not in log
+    assert "starting fresh" in log
