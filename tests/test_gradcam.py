@@ -24,7 +24,7 @@ def phantom_batch(size: int, n: int = 2) -> torch.Tensor:
 @pytest.mark.parametrize("arch", sorted(MODEL_SPECS))
 def test_every_architecture_gives_a_finite_non_constant_map_of_input_size(arch: str):
     torch.manual_seed(0)
-    size = max(64, MODEL_SPECS[arch].min_size + 5)
+    size = max(48, MODEL_SPECS[arch].min_size + 5)
     model = build_model(arch, num_classes=3).eval()
     path, layer = choose_layer(model, arch, size)
     assert path in MODEL_SPECS[arch].cam_layers

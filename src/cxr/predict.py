@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cxr.errors import CxrError
@@ -46,7 +47,7 @@ def load_pixels(path: Path, size: int) -> torch.Tensor:
     from cxr.data import preprocess
     from cxr.images import read_gray8
 
-    return torch.from_numpy(preprocess(read_gray8(path), size))[None, None]
+    return torch.from_numpy(np.stack([preprocess(read_gray8(path), size)])[:, None])
 
 
 def cam_path(out: Path, image: Path, several: bool) -> Path:
