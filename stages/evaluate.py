@@ -8,7 +8,9 @@ The same plots go to the MLflow run as figures.
 """
 
 import numpy as np
+import pandas as pd
 import torch
+from torch import nn
 
 from cxr import layout
 from cxr.calibration import (
@@ -18,7 +20,7 @@ from cxr.calibration import (
     scale_probabilities,
 )
 from cxr.config import EvaluateConfig, load_params
-from cxr.data import load_split
+from cxr.data import PixelSet, load_split
 from cxr.errors import run_stage
 from cxr.fsio import atomic_dir, write_csv, write_json
 from cxr.metrics import (
@@ -35,13 +37,23 @@ from cxr.tracking import pipeline_run
 from cxr.training import predict_logits, select_device
 
 
-def split_logits(model, card: ModelCard, split: str, cfg: EvaluateConfig, device):
+def split_logits(
+    model: nn.Module, card: ModelCard, split: str, cfg: EvaluateConfig, device: torch.device
+) -> tuple[PixelSet, np.ndarray]:
+    """A split's pixels and the model's float64 logits for it."""
     data = load_split(layout.SPLIT / split, card.image_size, card.classes)
     logits = predict_logits(model, data.pixels, cfg.batch_size, device).numpy()
     return data, logits.astype(np.float64)
 
 
-def calibration(model, card, cfg, device, y_true, probabilities):
+def calibration(
+    model: nn.Module,
+    card: ModelCard,
+    cfg: EvaluateConfig,
+    device: torch.device,
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+) -> tuple[dict, dict[str, pd.DataFrame]]:
     """Calibration of the test probabilities; with temperature scaling also after it (T fitted
     on the val split only). Returns the report section and the reliability tables."""
     section = {"bins": cfg.calibration_bins}
@@ -57,7 +69,8 @@ def calibration(model, card, cfg, device, y_true, probabilities):
     return section, tables
 
 
-def write_curves(curves: dict) -> None:
+def write_curves(curves: dict[str, dict[str, pd.DataFrame]]) -> None:
+    """plots/roc/<Class>.csv and plots/pr/<Class>.csv: one file, so one DVC plot, per class."""
     for kind, folder in (("roc", layout.ROC_DIR), ("pr", layout.PR_DIR)):
         with atomic_dir(folder) as out:
             for name, frame in curves[kind].items():

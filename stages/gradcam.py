@@ -24,7 +24,15 @@ from cxr.training import select_device
 OUTCOMES = ("correct", "wrong")
 
 
-def panel(test: PixelSet, i: int, cams, probabilities, masks, classes) -> dict:
+def panel(
+    test: PixelSet,
+    i: int,
+    cams: np.ndarray,
+    probabilities: np.ndarray,
+    masks: list[np.ndarray | None],
+    classes: tuple[str, ...],
+) -> dict:
+    """One grid panel: the image, its heat map, mask and a true-vs-predicted title."""
     true, predicted = classes[int(test.labels[i])], int(probabilities[i].argmax())
     return {
         "image": test.pixels[i, 0].numpy(),
@@ -35,7 +43,14 @@ def panel(test: PixelSet, i: int, cams, probabilities, masks, classes) -> dict:
     }
 
 
-def write_overlays(test, cams, probabilities, masks, classes, cfg: GradcamConfig) -> None:
+def write_overlays(
+    test: PixelSet,
+    cams: np.ndarray,
+    probabilities: np.ndarray,
+    masks: list[np.ndarray | None],
+    classes: tuple[str, ...],
+    cfg: GradcamConfig,
+) -> None:
     """Per class and outcome: up to images_per_class overlays and their grid."""
     labels = test.labels.numpy()
     correct = probabilities.argmax(1) == labels

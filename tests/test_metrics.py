@@ -200,3 +200,24 @@ def test_gradcam_stage_writes_grids_and_localisation(evaluated_project: Path):
     for name in ("COVID", "Normal", "Viral Pneumonia"):
         for outcome in ("correct", "wrong"):
             assert (root / "plots/gradcam" / f"{name}_{outcome}.png").stat().st_size > 0
+
+
+def test_dvc_renders_every_evaluation_plot(evaluated_project: Path):
+    from conftest import run
+
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], evaluated_project).stdout)
+    assert not shown.get("errors")
+    rendered = set(shown["data"])
+    classes = ("COVID", "Normal", "Viral Pneumonia")
+    expected = {
+        "Confusion matrix, counts (test split)",
+        "Confusion matrix, normalised by true class (test split)",
+        "plots/per_class.csv",
+        "plots/reliability/uncalibrated.csv",
+        "plots/reliability/temperature_scaled.csv",
+        *(f"plots/{kind}/{name}.csv" for kind in ("roc", "pr") for name in classes),
+    }
+    assert expected <= rendered
+    for name in expected:
+        (plot,) = shown["data"][name]
+        assert plot["type"] == "vega" and plot["content"]["data"]["values"], name

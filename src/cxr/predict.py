@@ -94,7 +94,7 @@ def predict_files(
 
 
 def write_cam(
-    model,
+    model: torch.nn.Module,
     arch: str,
     pixels: torch.Tensor,
     target: int,
