@@ -41,6 +41,11 @@ class ModelSpec:
     min_size: int = 32  # smallest input side the architecture accepts
     build_kwargs: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def cam_layer(self) -> str:
+        """The deepest candidate: the classic Grad-CAM layer at full resolution."""
+        return self.cam_layers[0]
+
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     "resnet18": ModelSpec(head="fc", cam_layers=("layer4", "layer3", "layer2")),
@@ -173,7 +178,7 @@ def head_parameters(model: nn.Module, name: str) -> list[nn.Parameter]:
 
 def cam_layer(model: nn.Module, name: str, override: str = "auto") -> nn.Module:
     """The layer Grad-CAM explains: the architecture's default or a dotted-path override."""
-    path = MODEL_SPECS[name].cam_layers[0] if override == "auto" else override
+    path = MODEL_SPECS[name].cam_layer if override == "auto" else override
     try:
         return get_submodule(model, path)
     except AttributeError:
