@@ -208,12 +208,16 @@ class EvaluateConfig:
     bootstrap_resamples: int = Field(1000, ge=0)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     seed: int = 0
+    calibration_bins: int = Field(15, ge=2, le=100)  # equal-width confidence bins for ECE
+    temperature_scaling: bool = True  # fit T on the val split; report calibration before/after
 
 
 @dataclass(config=_STRICT)
 class GradcamConfig:
     images_per_class: int = Field(3, ge=1)
-    target_layer: str = "auto"  # `auto` picks the architecture's last convolutional block
+    target_layer: str = "auto"  # `auto`: deepest of ModelSpec.cam_layers with a large map
+    min_map_size: int = Field(8, ge=1)  # `auto`: smallest heat-map side (cells) to accept
+    method: Literal["gradcam", "gradcam++"] = "gradcam"
     overlay_alpha: float = Field(0.45, ge=0.0, le=1.0)
 
 

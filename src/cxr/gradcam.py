@@ -1,13 +1,25 @@
-"""Grad-CAM (Selvaraju et al., 2017) through tensor hooks, and its localisation scores.
+"""Grad-CAM (Selvaraju et al., 2017) and Grad-CAM++ (Chattopadhay et al., 2018) through
+tensor hooks, the choice of the layer they explain, and localisation scores.
 
 A forward hook on the target layer keeps its output and registers a hook on that *tensor*, so
 the gradient arrives for exactly that activation (module backward hooks misfire on in-place
-operations). The map is ReLU(sum_k alpha_k A_k), alpha_k the spatial mean of dy_c/dA_k,
-upsampled to the input size and scaled to [0, 1] per image.
+operations). The hook hands a copy of the output on to the rest of the network, so an in-place
+activation after the layer (DenseNet's final ReLU) cannot overwrite what is explained; for a
+frozen backbone (parameters with requires_grad off) the kept output is made a gradient leaf.
+
+Grad-CAM: ReLU(Σ_k α_k A_k), α_k the spatial mean of ∂y_c/∂A_k. Grad-CAM++ weights each
+positive gradient with its second/third-order coefficient instead. Maps are upsampled to the
+input size and scaled to [0, 1] per image.
+
+Layer choice: the deepest block has the most class-specific features but, on small inputs,
+a tiny map (resnet18 at 64 px: 2x2 at layer4), which cannot point at a lesion. Each
+architecture lists candidate layers from deep to shallow (`ModelSpec.cam_layers`) and `auto`
+takes the deepest whose map is at least `min_map_size` cells on a side at the model's input size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +27,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxr.errors import ConfigError
+from cxr.models import MODEL_SPECS
+
+
+def _gradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    return gradients.mean(dim=(2, 3), keepdim=True)
+
+
+def _gradcam_pp_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ α from the closed form with an exponential score (the paper's eq. 19)."""
+    g2 = gradients.pow(2)
+    g3 = gradients.pow(3)
+    summed = activations.sum(dim=(2, 3), keepdim=True)
+    denominator = 2 * g2 + summed * g3
+    alpha = g2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    return (alpha * F.relu(gradients)).sum(dim=(2, 3), keepdim=True)
+
+
+WEIGHTINGS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "gradcam": _gradcam_weights,
+    "gradcam++": _gradcam_pp_weights,
+}
+
 
 class GradCAM:
-    """Grad-CAM of one layer of a model; use as a context manager to remove the hooks."""
+    """Grad-CAM or Grad-CAM++ of one layer of a model; a context manager removes the hook."""
 
-    def __init__(self, model: nn.Module, layer: nn.Module) -> None:
+    def __init__(self, model: nn.Module, layer: nn.Module, method: str = "gradcam") -> None:
+        if method not in WEIGHTINGS:
+            raise ConfigError(f"gradcam.method: {method!r} is not one of {sorted(WEIGHTINGS)}")
         self.model = model
+        self.weighting = WEIGHTINGS[method]
         self.activations: torch.Tensor | None = None
         self.gradients: torch.Tensor | None = None
         self._handle = layer.register_forward_hook(self._keep_activation)
 
-    def _keep_activation(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
-        if not output.requires_grad:  # frozen layers: still explainable w.r.t. their output
-            output.requires_grad_(True)
-        self.activations = output
-        output.register_hook(self._keep_gradient)
+    def _keep_activation(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        # A frozen backbone yields an output outside the graph: explain it as a leaf.
+        kept = output if output.requires_grad else output.detach().requires_grad_(True)
+        kept.register_hook(self._keep_gradient)
+        self.activations = kept
+        return kept.clone()  # later in-place ops change the copy, not the kept activation
 
     def _keep_gradient(self, grad: torch.Tensor) -> None:
         self.gradients = grad
@@ -55,15 +94,68 @@ class GradCAM:
                 class_index = logits.argmax(1)
             self.model.zero_grad(set_to_none=True)
             logits.gather(1, class_index.view(-1, 1).to(logits.device)).sum().backward()
-        assert self.activations is not None and self.gradients is not None
-        weights = self.gradients.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * self.activations).sum(dim=1, keepdim=True)).detach()
+        if self.activations is None or self.gradients is None:
+            raise RuntimeError("the target layer was not part of the forward pass")
+        activations, gradients = self.activations.detach(), self.gradients.detach()
+        weights = self.weighting(activations, gradients)
+        cam = F.relu((weights * activations).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
         cam = cam[:, 0]
         low = cam.amin(dim=(1, 2), keepdim=True)
         high = cam.amax(dim=(1, 2), keepdim=True)
-        cam = (cam - low) / (high - low).clamp_min(1e-12)
+        spread = high - low
+        # Relative scaling: raw maps of an untrained or deep network can be ~1e-15 everywhere.
+        cam = torch.where(spread > 0, (cam - low) / torch.where(spread > 0, spread, 1.0), 0.0)
+        self.activations = self.gradients = None
         return cam.cpu(), logits.detach().softmax(1).cpu()
+
+
+def map_sizes(
+    model: nn.Module, paths: tuple[str, ...], image_size: int
+) -> dict[str, tuple[int, int]]:
+    """Spatial size of each named layer's output for one image_size x image_size input."""
+    sizes: dict[str, tuple[int, int]] = {}
+
+    def keep_size(path: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+            sizes[path] = tuple(output.shape[-2:])
+
+        return hook
+
+    handles = [model.get_submodule(path).register_forward_hook(keep_size(path)) for path in paths]
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return sizes
+
+
+def choose_layer(
+    model: nn.Module, arch: str, image_size: int, override: str = "auto", min_map_size: int = 8
+) -> tuple[str, nn.Module]:
+    """The layer to explain: `override` if not `auto`, else the deepest candidate of the
+    architecture whose map has at least `min_map_size` cells a side (or the largest map)."""
+    if override != "auto":
+        try:
+            return override, model.get_submodule(override)
+        except AttributeError:
+            raise ConfigError(
+                f"gradcam.target_layer: {arch} has no layer {override!r}; use auto or one of "
+                f"{list(MODEL_SPECS[arch].cam_layers)}"
+            ) from None
+    candidates = MODEL_SPECS[arch].cam_layers
+    sizes = map_sizes(model, candidates, image_size)
+    chosen = next(
+        (path for path in candidates if min(sizes[path]) >= min_map_size),
+        max(candidates, key=lambda path: min(sizes[path])),
+    )
+    return chosen, model.get_submodule(chosen)
 
 
 def localisation(cam: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -146,9 +238,13 @@ def localisation_report(
 
 
 def _mean_scores(scores: list[dict[str, float]]) -> dict[str, float]:
+    energy = float(np.mean([s["energy_in_mask"] for s in scores]))
+    area = float(np.mean([s["mask_area"] for s in scores]))
     return {
         "images": len(scores),
-        "energy_in_mask": round(float(np.mean([s["energy_in_mask"] for s in scores])), 6),
-        "mask_area": round(float(np.mean([s["mask_area"] for s in scores])), 6),
+        "energy_in_mask": round(energy, 6),
+        "mask_area": round(area, 6),
+        # > 1: the maps concentrate on the masks; 1: no better than a uniform map.
+        "energy_over_area": round(energy / area, 6) if area > 0 else 0.0,
         "pointing_hit_rate": round(float(np.mean([s["pointing_hit"] for s in scores])), 6),
     }

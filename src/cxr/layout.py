@@ -31,6 +31,10 @@ TRAIN_HISTORY = PLOTS / "train_history.csv"
 PREDICTIONS = PLOTS / "predictions.csv"
 CLASS_DISTRIBUTION = PLOTS / "class_distribution.csv"
 GRADCAM_DIR = PLOTS / "gradcam"
+ROC_DIR = PLOTS / "roc"  # <Class>.csv: one-vs-rest ROC curve (fpr, tpr)
+PR_DIR = PLOTS / "pr"  # <Class>.csv: one-vs-rest precision-recall curve
+RELIABILITY_DIR = PLOTS / "reliability"  # uncalibrated.csv [, temperature_scaled.csv]
+PER_CLASS = PLOTS / "per_class.csv"  # long table for the per-class bar chart
 
 
 def project_root() -> Path:

@@ -1,7 +1,11 @@
 """Test-split metrics, computed with scikit-learn, with seeded bootstrap confidence intervals.
 
 Conventions (scikit-learn's): a confusion matrix has true classes in rows and predicted classes
-in columns; precision of class k is cm[k, k] / column k, recall is cm[k, k] / row k.
+in columns; precision of class k is cm[k, k] / column k, recall is cm[k, k] / row k, and
+specificity is TN / (TN + FP) with TN everything outside row k and column k.
+
+Every number here is a function of (true labels, probabilities) only, so the predictions file
+(`predictions_frame`) is enough to recompute all of them (`metrics_from_predictions`).
 """
 
 from __future__ import annotations
@@ -12,18 +16,29 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
     balanced_accuracy_score,
+    cohen_kappa_score,
     confusion_matrix,
     f1_score,
+    precision_recall_curve,
     precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
 )
+from sklearn.preprocessing import label_binarize
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
+# Digits kept for probabilities in the predictions file; metrics are computed on the rounded
+# values, so recomputing them from the file gives exactly the same numbers.
+PROBABILITY_DIGITS = 8
 
-def _r(value: float) -> float:
-    """Round for stable, readable JSON (and `dvc metrics diff`)."""
-    return round(float(value), 6)
+
+def _r(value: float) -> float | None:
+    """Round for stable, readable JSON (and `dvc metrics diff`); NaN (undefined) → null."""
+    value = float(value)
+    return None if np.isnan(value) else round(value, 6)
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
@@ -32,62 +47,166 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     )
 
 
+def specificity(counts: np.ndarray) -> np.ndarray:
+    """Per-class TN / (TN + FP) from a confusion matrix (rows true, columns predicted)."""
+    total = counts.sum()
+    predicted = counts.sum(axis=0)
+    actual = counts.sum(axis=1)
+    true_negative = total - predicted - actual + np.diag(counts)
+    negatives = total - actual
+    return np.divide(
+        true_negative, negatives, out=np.zeros(len(counts), float), where=negatives > 0
+    )
+
+
+def one_vs_rest_auc(y_true: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """ROC AUC per class (class k vs the rest); NaN where a class is absent or alone."""
+    return np.array(
+        [_binary(roc_auc_score, y_true == k, probabilities[:, k]) for k in _ks(probabilities)]
+    )
+
+
+def one_vs_rest_ap(y_true: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Average precision (area under the PR curve) per class; NaN where a class is absent."""
+    return np.array(
+        [
+            _binary(average_precision_score, y_true == k, probabilities[:, k])
+            for k in _ks(probabilities)
+        ]
+    )
+
+
+def _ks(probabilities: np.ndarray) -> range:
+    return range(probabilities.shape[1])
+
+
+def _binary(score: Callable[..., float], positive: np.ndarray, scores: np.ndarray) -> float:
+    if positive.all() or not positive.any():  # undefined: one class only
+        return float("nan")
+    return float(score(positive, scores))
+
+
+def macro_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float:
+    """Unweighted mean of the one-vs-rest AUCs (NaN if any class is missing)."""
+    return float(np.mean(one_vs_rest_auc(y_true, probabilities)))
+
+
 def bootstrap_ci(
     y_true: np.ndarray,
-    y_pred: np.ndarray,
+    scores: np.ndarray,
     metric: MetricFn,
     resamples: int,
     confidence: float,
     seed: int,
-) -> dict[str, float]:
-    """Percentile bootstrap interval of `metric` over resampled test images (seeded)."""
+) -> dict[str, float | int | None]:
+    """Percentile bootstrap interval of `metric(y_true, scores)` over resampled test images.
+
+    Seeded, so the same inputs give the same interval. Resamples where the metric is undefined
+    (an AUC on a resample missing a class) are dropped and counted.
+    """
     if resamples == 0:
         return {}
     rng = np.random.default_rng(seed)
     n = len(y_true)
     draws = rng.integers(0, n, size=(resamples, n))
-    values = np.array([metric(y_true[idx], y_pred[idx]) for idx in draws])
+    values = np.array([metric(y_true[idx], scores[idx]) for idx in draws])
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return {"low": None, "high": None, "resamples": 0}
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(values, [tail, 1.0 - tail])
-    return {"low": _r(low), "high": _r(high)}
+    return {"low": _r(low), "high": _r(high), "resamples": int(values.size)}
+
+
+def _averages(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    probabilities: np.ndarray,
+    spec: np.ndarray,
+    support: np.ndarray,
+) -> dict[str, dict[str, float | None]]:
+    labels = list(_ks(probabilities))
+    all_present = bool((support > 0).all())
+    onehot = label_binarize(y_true, classes=labels)
+    result = {}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average=average, zero_division=0
+        )
+        weights = support if average == "weighted" else None
+        result[average] = {
+            "precision": _r(p),
+            "recall": _r(r),
+            "f1": _r(f),
+            "specificity": _r(np.average(spec, weights=weights)),
+            "roc_auc": _r(
+                roc_auc_score(
+                    y_true, probabilities, multi_class="ovr", average=average, labels=labels
+                )
+                if all_present and len(labels) > 2
+                else np.nan
+            ),
+            "average_precision": _r(
+                average_precision_score(onehot, probabilities, average=average)
+                if all_present and len(labels) > 2
+                else np.nan
+            ),
+        }
+    return result
 
 
 def classification_metrics(
     y_true: np.ndarray,
-    y_pred: np.ndarray,
+    probabilities: np.ndarray,
     classes: tuple[str, ...],
     resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict:
-    """Accuracy, macro/weighted and per-class precision, recall, F1, with bootstrap CIs."""
-    labels = list(range(len(classes)))
+    """Everything about test-split classification quality, from labels and probabilities.
+
+    Accuracy, balanced accuracy, Cohen's kappa; per-class and macro/weighted precision, recall,
+    F1, specificity, one-vs-rest ROC AUC and average precision; bootstrap CIs for accuracy,
+    macro-F1 and macro AUC. Predictions are the argmax of `probabilities`.
+    """
+    n_classes = len(classes)
+    labels = list(range(n_classes))
+    y_pred = probabilities.argmax(1)
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
-    averages = {}
-    for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=average, zero_division=0
-        )
-        averages[average] = {"precision": _r(p), "recall": _r(r), "f1": _r(f)}
+    spec = specificity(confusion(y_true, y_pred, n_classes))
+    auc = one_vs_rest_auc(y_true, probabilities)
+    ap = one_vs_rest_ap(y_true, probabilities)
+
+    def acc(t: np.ndarray, p: np.ndarray) -> float:
+        return float(accuracy_score(t, p.argmax(1)))
 
     def macro(t: np.ndarray, p: np.ndarray) -> float:
-        return macro_f1(t, p, len(classes))
+        return macro_f1(t, p.argmax(1), n_classes)
 
+    def ci(metric: MetricFn) -> dict:
+        return bootstrap_ci(y_true, probabilities, metric, resamples, confidence, seed)
+
+    averages = _averages(y_true, y_pred, probabilities, spec, support)
     return {
         "test_images": len(y_true),
         "accuracy": _r(accuracy_score(y_true, y_pred)),
-        "accuracy_ci": bootstrap_ci(y_true, y_pred, accuracy_score, resamples, confidence, seed),
+        "accuracy_ci": ci(acc),
         "balanced_accuracy": _r(balanced_accuracy_score(y_true, y_pred)),
+        "cohen_kappa": _r(cohen_kappa_score(y_true, y_pred, labels=labels)),
         **averages,
-        "macro_f1_ci": bootstrap_ci(y_true, y_pred, macro, resamples, confidence, seed),
+        "macro_f1_ci": ci(macro),
+        "macro_roc_auc_ci": ci(macro_auc),
         "confidence_level": confidence,
         "per_class": {
             name: {
                 "precision": _r(precision[k]),
                 "recall": _r(recall[k]),
                 "f1": _r(f1[k]),
+                "specificity": _r(spec[k]),
+                "roc_auc": _r(auc[k]),
+                "average_precision": _r(ap[k]),
                 "support": int(support[k]),
             }
             for k, name in enumerate(classes)
@@ -100,11 +219,16 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
     return confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
 
 
+def round_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """The probabilities exactly as the predictions file stores them."""
+    return np.round(probabilities.astype(np.float64), PROBABILITY_DIGITS)
+
+
 def predictions_frame(
     files: list[str], y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...]
 ) -> pd.DataFrame:
     """One row per test image: `actual`, `predicted` and one probability column per class,
-    enough to recompute every metric (and what DVC's confusion plot reads)."""
+    enough to recompute every metric (and what DVC's confusion plots read)."""
     frame = pd.DataFrame(
         {
             "image": files,
@@ -113,5 +237,50 @@ def predictions_frame(
         }
     )
     for k, name in enumerate(classes):
-        frame[f"p_{name}"] = np.round(probabilities[:, k], 6)
+        frame[f"p_{name}"] = round_probabilities(probabilities[:, k])
     return frame
+
+
+def read_predictions(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """(true labels, probabilities, classes) back from a predictions frame."""
+    columns = [c for c in frame.columns if c.startswith("p_")]
+    classes = tuple(c.removeprefix("p_") for c in columns)
+    index = {name: k for k, name in enumerate(classes)}
+    y_true = frame["actual"].map(index).to_numpy()
+    return y_true, frame[columns].to_numpy(dtype=np.float64), classes
+
+
+def metrics_from_predictions(
+    frame: pd.DataFrame, resamples: int, confidence: float, seed: int
+) -> dict:
+    """`classification_metrics` recomputed from a predictions file alone."""
+    y_true, probabilities, classes = read_predictions(frame)
+    return classification_metrics(y_true, probabilities, classes, resamples, confidence, seed)
+
+
+def curve_frames(
+    y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...]
+) -> dict[str, dict[str, pd.DataFrame]]:
+    """One-vs-rest ROC and precision-recall curves per class, as frames for DVC plots."""
+    curves: dict[str, dict[str, pd.DataFrame]] = {"roc": {}, "pr": {}}
+    for k, name in enumerate(classes):
+        positive = y_true == k
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = roc_curve(positive, probabilities[:, k])
+        precision, recall, _ = precision_recall_curve(positive, probabilities[:, k])
+        curves["roc"][name] = pd.DataFrame({"fpr": np.round(fpr, 6), "tpr": np.round(tpr, 6)})
+        curves["pr"][name] = pd.DataFrame(
+            {"recall": np.round(recall[::-1], 6), "precision": np.round(precision[::-1], 6)}
+        )
+    return curves
+
+
+def per_class_frame(report: dict) -> pd.DataFrame:
+    """Long table (one row per class and metric) for DVC's per-class bar chart."""
+    rows = [
+        {"bar": f"{name} {metric}", "class": name, "metric": metric, "value": values[metric]}
+        for name, values in report["per_class"].items()
+        for metric in ("precision", "recall", "f1", "specificity")
+    ]
+    return pd.DataFrame(rows)

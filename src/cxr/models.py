@@ -35,27 +35,52 @@ class ModelSpec:
     """How to adapt one torchvision architecture: head to replace, Grad-CAM layer, limits."""
 
     head: str  # dotted path of the final classifier layer (Linear or 1x1 Conv2d)
-    cam_layer: str  # dotted path of the layer whose output Grad-CAM explains
+    # Layers Grad-CAM may explain, deepest first; `auto` takes the deepest whose map is large
+    # enough at the input size (see cxr.gradcam.choose_layer).
+    cam_layers: tuple[str, ...]
     min_size: int = 32  # smallest input side the architecture accepts
     build_kwargs: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def cam_layer(self) -> str:
+        """The deepest candidate: the classic Grad-CAM layer at full resolution."""
+        return self.cam_layers[0]
+
 
 MODEL_SPECS: dict[str, ModelSpec] = {
-    "resnet18": ModelSpec(head="fc", cam_layer="layer4"),
-    "resnet34": ModelSpec(head="fc", cam_layer="layer4"),
-    "resnet50": ModelSpec(head="fc", cam_layer="layer4"),
-    "vgg16": ModelSpec(head="classifier.6", cam_layer="features.29"),
-    "densenet121": ModelSpec(head="classifier", cam_layer="features"),
-    "squeezenet1_0": ModelSpec(head="classifier.1", cam_layer="features"),
-    "squeezenet1_1": ModelSpec(head="classifier.1", cam_layer="features"),
-    "mobilenet_v2": ModelSpec(head="classifier.1", cam_layer="features"),
-    "mobilenet_v3_small": ModelSpec(head="classifier.3", cam_layer="features"),
-    "mobilenet_v3_large": ModelSpec(head="classifier.3", cam_layer="features"),
-    "efficientnet_b0": ModelSpec(head="classifier.1", cam_layer="features"),
-    "efficientnet_b1": ModelSpec(head="classifier.1", cam_layer="features"),
+    "resnet18": ModelSpec(head="fc", cam_layers=("layer4", "layer3", "layer2")),
+    "resnet34": ModelSpec(head="fc", cam_layers=("layer4", "layer3", "layer2")),
+    "resnet50": ModelSpec(head="fc", cam_layers=("layer4", "layer3", "layer2")),
+    "vgg16": ModelSpec(
+        head="classifier.6", cam_layers=("features.29", "features.22", "features.15")
+    ),
+    "densenet121": ModelSpec(
+        head="classifier",
+        cam_layers=("features", "features.denseblock3", "features.denseblock2"),
+    ),
+    "squeezenet1_0": ModelSpec(head="classifier.1", cam_layers=("features", "features.6")),
+    "squeezenet1_1": ModelSpec(head="classifier.1", cam_layers=("features", "features.5")),
+    "mobilenet_v2": ModelSpec(
+        head="classifier.1", cam_layers=("features", "features.13", "features.6")
+    ),
+    "mobilenet_v3_small": ModelSpec(
+        head="classifier.3", cam_layers=("features", "features.8", "features.3")
+    ),
+    "mobilenet_v3_large": ModelSpec(
+        head="classifier.3", cam_layers=("features", "features.12", "features.6")
+    ),
+    "efficientnet_b0": ModelSpec(
+        head="classifier.1", cam_layers=("features", "features.5", "features.3")
+    ),
+    "efficientnet_b1": ModelSpec(
+        head="classifier.1", cam_layers=("features", "features.5", "features.3")
+    ),
     # Inception's auxiliary head is dropped after building (see `_drop_aux_head`).
     "inception_v3": ModelSpec(
-        head="fc", cam_layer="Mixed_7c", min_size=75, build_kwargs={"init_weights": True}
+        head="fc",
+        cam_layers=("Mixed_7c", "Mixed_6e", "Mixed_5d"),
+        min_size=75,
+        build_kwargs={"init_weights": True},
     ),
 }
 

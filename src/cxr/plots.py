@@ -81,15 +81,59 @@ def _draw_overlay(axis, image, cam, alpha, mask) -> None:
     axis.axis("off")
 
 
-def gradcam_grid(panels: list[dict], alpha: float, columns: int = 4) -> Figure:
-    """A grid of overlays; each panel is {image, cam, title, mask}."""
-    rows = max(1, -(-len(panels) // columns))
+def gradcam_grid(panels: list[dict], alpha: float, title: str = "", pairs: int = 2) -> Figure:
+    """A grid of (image, heat-map overlay) pairs; each panel is {image, cam, title, mask}.
+    An empty list gives a figure that says so, so every class always has its grid."""
+    rows = max(1, -(-len(panels) // pairs))
     figure, axes = plt.subplots(
-        rows, columns, figsize=(3 * columns, 3.3 * rows), layout="constrained", squeeze=False
+        rows, 2 * pairs, figsize=(2.8 * 2 * pairs, 3.1 * rows), layout="constrained", squeeze=False
     )
     for axis in axes.flat:
         axis.axis("off")
-    for axis, panel in zip(axes.flat, panels, strict=False):
-        _draw_overlay(axis, panel["image"], panel["cam"], alpha, panel.get("mask"))
-        axis.set_title(panel["title"], fontsize=8)
+    for n, panel in enumerate(panels):
+        row, col = divmod(n, pairs)
+        plain, overlay = axes[row, 2 * col], axes[row, 2 * col + 1]
+        plain.imshow(panel["image"], cmap="gray", vmin=0, vmax=255)
+        _draw_overlay(overlay, panel["image"], panel["cam"], alpha, panel.get("mask"))
+        overlay.set_title(panel["title"], fontsize=8)
+    if not panels:
+        axes[0, 0].text(0, 0.5, "no images", fontsize=12)
+    figure.suptitle(title)
+    return figure
+
+
+def curves_figure(curves: dict, x: str, y: str, title: str, diagonal: bool) -> Figure:
+    """One line per class from {class: frame}; ROC curves get the chance diagonal."""
+    figure, axis = plt.subplots(figsize=(5, 4.5), layout="constrained")
+    for name, frame in curves.items():
+        axis.plot(frame[x], frame[y], label=name, drawstyle="steps-post")
+    if diagonal:
+        axis.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=0.8)
+    axis.set(xlabel=x, ylabel=y, title=title, xlim=(0, 1), ylim=(0, 1.02))
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def reliability_figure(tables: dict[str, pd.DataFrame]) -> Figure:
+    """Reliability diagram: accuracy vs confidence per bin, for each set of probabilities."""
+    figure, axis = plt.subplots(figsize=(5, 4.5), layout="constrained")
+    axis.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=0.8, label="perfect")
+    for name, table in tables.items():
+        axis.plot(table["confidence"], table["accuracy"], marker="o", label=name)
+    axis.set(xlabel="confidence (top class)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    axis.set_title("Reliability diagram (test split)")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def per_class_figure(per_class: pd.DataFrame) -> Figure:
+    """Grouped bars: precision, recall, F1 and specificity per class."""
+    table = per_class.pivot(index="class", columns="metric", values="value")
+    table = table[["precision", "recall", "f1", "specificity"]]
+    figure, axis = plt.subplots(figsize=(7, 4), layout="constrained")
+    table.plot.bar(ax=axis, rot=0, ylim=(0, 1.05))
+    axis.set(title="Per-class metrics (test split)", xlabel="")
+    axis.grid(alpha=0.3, axis="y")
     return figure

@@ -1,0 +1,223 @@
+"""Metrics against hand-worked values, bootstrap behaviour, and the evaluate stage's
+predictions file recomputing every metric it reported."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction as Q
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr.calibration import calibration_summary, scale_probabilities
+from cxr.metrics import classification_metrics, metrics_from_predictions, read_predictions
+
+CLASSES = ("A", "B", "C")
+# Rows: true class, columns: predicted class. Column sums 9, 8, 8; row sums 8, 10, 7; N = 25.
+HAND_MATRIX = np.array([[5, 2, 1], [1, 6, 3], [3, 0, 4]])
+
+
+def labels_from_matrix(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [(t, p) for (t, p), n in np.ndenumerate(matrix) for _ in range(n)]
+    y_true, y_pred = (np.array(column) for column in zip(*pairs, strict=True))
+    return y_true, y_pred
+
+
+def confident(y_pred: np.ndarray, n_classes: int, top: float = 0.6) -> np.ndarray:
+    probabilities = np.full((len(y_pred), n_classes), (1 - top) / (n_classes - 1))
+    probabilities[np.arange(len(y_pred)), y_pred] = top
+    return probabilities
+
+
+def test_hand_made_confusion_matches_hand_worked_values():
+    y_true, y_pred = labels_from_matrix(HAND_MATRIX)
+    report = classification_metrics(y_true, confident(y_pred, 3), CLASSES, resamples=0)
+    # Worked by hand from HAND_MATRIX: precision = diagonal / column, recall = diagonal / row,
+    # specificity = TN / (N - row) with TN = N - row - column + diagonal.
+    expected = {
+        "A": {"precision": Q(5, 9), "recall": Q(5, 8), "specificity": Q(13, 17)},
+        "B": {"precision": Q(6, 8), "recall": Q(6, 10), "specificity": Q(13, 15)},
+        "C": {"precision": Q(4, 8), "recall": Q(4, 7), "specificity": Q(14, 18)},
+    }
+    for name, values in expected.items():
+        got = report["per_class"][name]
+        assert values["precision"] != values["recall"]  # the case is built to tell them apart
+        for metric, value in values.items():
+            assert got[metric] == pytest.approx(float(value), abs=1e-6), (name, metric)
+        f1 = 2 * values["precision"] * values["recall"] / (values["precision"] + values["recall"])
+        assert got["f1"] == pytest.approx(float(f1), abs=1e-6)
+    assert report["per_class"]["B"]["support"] == 10
+    assert report["accuracy"] == pytest.approx(15 / 25)
+    recalls = [expected[c]["recall"] for c in CLASSES]
+    assert report["balanced_accuracy"] == pytest.approx(float(sum(recalls) / 3), abs=1e-6)
+    chance = Q(8 * 9 + 10 * 8 + 7 * 8, 25 * 25)
+    kappa = (Q(15, 25) - chance) / (1 - chance)
+    assert report["cohen_kappa"] == pytest.approx(float(kappa), abs=1e-6)
+    macro_precision = sum(expected[c]["precision"] for c in CLASSES) / 3
+    assert report["macro"]["precision"] == pytest.approx(float(macro_precision), abs=1e-6)
+    weighted_recall = sum(r * n for r, n in zip(recalls, (8, 10, 7), strict=True)) / 25
+    assert report["weighted"]["recall"] == pytest.approx(float(weighted_recall), abs=1e-6)
+
+
+def test_one_vs_rest_auc_and_average_precision_by_hand():
+    # One-vs-rest for class A, worked by hand.
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    p_a = np.array([0.9, 0.4, 0.5, 0.1, 0.2, 0.3])
+    probabilities = np.stack([p_a, (1 - p_a) / 2, (1 - p_a) / 2], axis=1)
+    report = classification_metrics(y_true, probabilities, CLASSES, resamples=0)
+    # A positives {0.9, 0.4} vs negatives {0.5, 0.1, 0.2, 0.3}: 0.9 beats all 4, 0.4 beats 3
+    # → AUC = 7/8. Ranked by score: 0.9 (pos), 0.5 (neg), 0.4 (pos) → AP = (1/1 + 2/3) / 2.
+    assert report["per_class"]["A"]["roc_auc"] == pytest.approx(7 / 8)
+    assert report["per_class"]["A"]["average_precision"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def noisy_predictions(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n images, 3 classes, ~75 % accurate probabilities."""
+    y_true = rng.integers(0, 3, n)
+    logits = rng.normal(0, 1, (n, 3))
+    logits[np.arange(n), y_true] += 1.5
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return y_true, probabilities
+
+
+def test_bootstrap_intervals_contain_estimate_and_narrow_with_more_images():
+    rng = np.random.default_rng(7)
+    widths = {}
+    for n in (60, 960):
+        y_true, probabilities = noisy_predictions(n, rng)
+        report = classification_metrics(y_true, probabilities, CLASSES, resamples=400, seed=3)
+        for point, ci in (
+            (report["accuracy"], report["accuracy_ci"]),
+            (report["macro"]["f1"], report["macro_f1_ci"]),
+            (report["macro"]["roc_auc"], report["macro_roc_auc_ci"]),
+        ):
+            assert ci["low"] <= point <= ci["high"]
+            assert ci["low"] < ci["high"]
+            widths.setdefault(n, []).append(ci["high"] - ci["low"])
+    for small, large in zip(widths[60], widths[960], strict=True):
+        assert large < small / 2  # ~1/sqrt(16) = 1/4 in theory
+
+
+def test_bootstrap_is_seeded():
+    y_true, probabilities = noisy_predictions(80, np.random.default_rng(1))
+    first = classification_metrics(y_true, probabilities, CLASSES, resamples=200, seed=5)
+    again = classification_metrics(y_true, probabilities, CLASSES, resamples=200, seed=5)
+    other = classification_metrics(y_true, probabilities, CLASSES, resamples=200, seed=6)
+    assert first == again
+    assert first["accuracy_ci"] != other["accuracy_ci"]
+
+
+def test_predictions_frame_recomputes_metrics_after_a_csv_round_trip(tmp_path: Path):
+    from cxr.metrics import predictions_frame, round_probabilities
+
+    y_true, probabilities = noisy_predictions(90, np.random.default_rng(2))
+    probabilities = round_probabilities(probabilities)
+    report = classification_metrics(y_true, probabilities, CLASSES, 200, 0.95, 0)
+    files = [f"{CLASSES[k]}/img{i}.png" for i, k in enumerate(y_true)]
+    predictions_frame(files, y_true, probabilities, CLASSES).to_csv(tmp_path / "p.csv", index=False)
+    assert metrics_from_predictions(pd.read_csv(tmp_path / "p.csv"), 200, 0.95, 0) == report
+
+
+def make_split_folders(root: Path, size: int, per_class: int) -> None:
+    """Synthetic phantoms + lesion masks in the layout the stages read."""
+    from cxr.images import save_png
+    from cxr.synthetic import draw_phantom
+
+    for split_index, split in enumerate(("val", "test")):
+        for class_index, name in enumerate(("COVID", "Normal", "Viral Pneumonia")):
+            for n in range(per_class):
+                seed = 1000 * split_index + 100 * class_index + n
+                image, mask = draw_phantom(name, size, seed)
+                for folder, picture in (
+                    (root / "data/split" / split, image),
+                    (root / "data/masks", mask),
+                ):
+                    (folder / name).mkdir(parents=True, exist_ok=True)
+                    save_png(picture, folder / name / f"{split}-{n}.png")
+
+
+@pytest.fixture(scope="module")
+def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy with tiny val/test splits, an untrained checkpoint, and the evaluate
+    and gradcam stages run in it (real MLflow SQLite store in the copy)."""
+    import sys
+
+    import torch
+    from conftest import copy_project, run
+
+    from cxr.models import ModelCard, build_model, save_checkpoint
+
+    project_copy = copy_project(tmp_path_factory.mktemp("evaluated"))
+    make_split_folders(project_copy, size=64, per_class=6)
+    classes = ("COVID", "Normal", "Viral Pneumonia")
+    torch.manual_seed(0)
+    model = build_model("resnet18", len(classes))
+    card = ModelCard("resnet18", classes, image_size=32, weights="none", epoch=1)
+    save_checkpoint(project_copy / "models/model.pt", model, card)
+    params = project_copy / "params.yaml"
+    params.write_text(
+        params.read_text().replace("bootstrap_resamples: 1000", "bootstrap_resamples: 50")
+    )
+    run([sys.executable, "stages/evaluate.py"], project_copy)
+    run([sys.executable, "stages/gradcam.py"], project_copy)
+    return project_copy
+
+
+def test_evaluate_stage_outputs_recompute_from_predictions_file(evaluated_project: Path):
+    root = evaluated_project
+    report = json.loads((root / "metrics/eval.json").read_text())
+    frame = pd.read_csv(root / "plots/predictions.csv")
+    assert len(frame) == report["test_images"] == 18
+    recomputed = metrics_from_predictions(frame, 50, 0.95, 0)
+    assert recomputed == {k: v for k, v in report.items() if k != "calibration"}
+    y_true, probabilities, _ = read_predictions(frame)
+    calibration = report["calibration"]
+    assert calibration_summary(y_true, probabilities, 15) == calibration["uncalibrated"]
+    scaled = scale_probabilities(probabilities, calibration["temperature"])
+    after = calibration_summary(y_true, scaled, 15)
+    assert after == pytest.approx(calibration["temperature_scaled"], abs=2e-6)
+    # Every declared plot file exists: one ROC and PR curve per class, both reliability tables.
+    for folder in ("roc", "pr"):
+        assert sorted(p.stem for p in (root / "plots" / folder).glob("*.csv")) == sorted(
+            ("COVID", "Normal", "Viral Pneumonia")
+        )
+    assert {p.stem for p in (root / "plots/reliability").glob("*.csv")} == {
+        "uncalibrated",
+        "temperature_scaled",
+    }
+    per_class = pd.read_csv(root / "plots/per_class.csv")
+    assert len(per_class) == 3 * 4
+
+
+def test_gradcam_stage_writes_grids_and_localisation(evaluated_project: Path):
+    root = evaluated_project
+    report = json.loads((root / "metrics/gradcam.json").read_text())
+    assert report["layer"] == "layer2"  # 32 px: layer2 is 4x4, the largest resnet18 map
+    assert report["images_with_masks"] == 12  # Normal phantoms have empty masks
+    assert set(report["per_class"]) == {"COVID", "Viral Pneumonia"}
+    for name in ("COVID", "Normal", "Viral Pneumonia"):
+        for outcome in ("correct", "wrong"):
+            assert (root / "plots/gradcam" / f"{name}_{outcome}.png").stat().st_size > 0
+
+
+def test_dvc_renders_every_evaluation_plot(evaluated_project: Path):
+    from conftest import run
+
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], evaluated_project).stdout)
+    assert not shown.get("errors")
+    rendered = set(shown["data"])
+    classes = ("COVID", "Normal", "Viral Pneumonia")
+    expected = {
+        "Confusion matrix, counts (test split)",
+        "Confusion matrix, normalised by true class (test split)",
+        "plots/per_class.csv",
+        "plots/reliability/uncalibrated.csv",
+        "plots/reliability/temperature_scaled.csv",
+        *(f"plots/{kind}/{name}.csv" for kind in ("roc", "pr") for name in classes),
+    }
+    assert expected <= rendered
+    for name in expected:
+        (plot,) = shown["data"][name]
+        assert plot["type"] == "vega" and plot["content"]["data"]["values"], name
