@@ -31,7 +31,14 @@ from cxr.config import TrainConfig, load_params
 from cxr.data import cached_split
 from cxr.distributed import World
 from cxr.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-from cxr.training import make_trainer, memory_format, precision_for, select_device, train_one_epoch
+from cxr.training import (
+    make_trainer,
+    memory_format,
+    precision_for,
+    seed_everything,
+    select_device,
+    train_one_epoch,
+)
 
 
 def synchronize(device: torch.device) -> None:
@@ -163,6 +170,7 @@ def main() -> None:
         compile=args.compile,
     )
     device = select_device(cfg.device)
+    seed_everything(0, device)  # the train stage's kernel settings (cuDNN autotuning on GPUs)
     if args.threads:  # on a shared, oversubscribed CPU one thread avoids OpenMP barrier stalls
         torch.set_num_threads(args.threads)
     os.environ.setdefault("CXR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "cxr-bench-cache"))

@@ -224,8 +224,12 @@ class BatchAugment:
         """uint8 (N, 1, H, W) → float in [0, 1], same shape."""
         n = pixels.shape[0]
 
+        device = pixels.device
+
+        # Draws come from a generator on the batch's device: host-side draws would need a
+        # synchronous host-to-device copy per batch, which stalls a GPU's queue every step.
         def uniform(low: float, high: float) -> torch.Tensor:
-            return torch.rand(n, generator=generator) * (high - low) + low
+            return torch.rand(n, generator=generator, device=generator.device) * (high - low) + low
 
         angle = uniform(-self.max_rotation_deg, self.max_rotation_deg) * math.pi / 180
         scale = uniform(*self.scale_range)
@@ -237,7 +241,6 @@ class BatchAugment:
         theta = torch.stack(
             [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
         )
-        device = pixels.device
         images = pixels.float().div_(255.0)
         grid = F.affine_grid(theta.to(device), list(images.shape), align_corners=False)
         images = F.grid_sample(

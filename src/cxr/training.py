@@ -309,7 +309,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float]:
     t.sampler.set_epoch(epoch)
     seed = epoch_seed(cfg.seed, epoch, t.world.rank)
     torch.manual_seed(seed)  # dropout masks
-    generator = torch.Generator().manual_seed(seed)  # augmentation draws
+    generator = torch.Generator(t.device).manual_seed(seed)  # augmentation draws, on device
     total_loss = torch.zeros((), device=t.device)
     correct = torch.zeros((), device=t.device, dtype=torch.int64)
     seen = 0
