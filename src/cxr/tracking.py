@@ -140,10 +140,11 @@ class PipelineRun:
     def enabled(self) -> bool:
         return self.client is not None and self.run_id is not None
 
-    def _guard(self, what: str, call: Callable[[], Any]) -> None:
+    def _guard(self, what: str, call: Callable[[], Any], force: bool = False) -> None:
+        """Run one logging call; `force` tries it even in the cool-down (closing the run)."""
         if not self.enabled:
             return
-        if time.monotonic() < self._down_until:
+        if not force and time.monotonic() < self._down_until:
             self.failures.append(f"{what}: skipped, the tracking store failed just before")
             return
         try:
@@ -392,7 +393,8 @@ def pipeline_run(stage: str, params: Params) -> Iterator[PipelineRun]:
     try:
         yield run
         status = "FINISHED"
-        run.set_tags({TAG_STAGE_DONE.format(stage): "done"})
+        done = TAG_STAGE_DONE.format(stage)
+        run._guard(f"tag {done}", lambda: client.set_tag(run_id, done, "done"), force=True)
     finally:
-        run._guard("run status", lambda: client.set_terminated(run_id, status))
+        run._guard("run status", lambda: client.set_terminated(run_id, status), force=True)
         run.report()
