@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -126,23 +127,28 @@ def _as_postgres_user() -> list[str]:
     return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
 
+def _run_checked(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr}")
+
+
 @contextmanager
-def postgres_server(folder: Path) -> Iterator[str]:
+def postgres_server(parent: Path) -> Iterator[str]:
     """A throwaway PostgreSQL cluster on a free loopback port; yields its SQLAlchemy URI."""
     bin_dir = postgres_bin()
     if bin_dir is None:
         raise RuntimeError(
             "PostgreSQL is not installed: apt-get install postgresql (.ci/run does this)"
         )
+    # As root the cluster belongs to `postgres`, who cannot enter pytest's private temp
+    # folders: the cluster gets its own folder under the system temp dir.
+    folder = Path(tempfile.mkdtemp(prefix="cxr-pg-")) if os.geteuid() == 0 else parent
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
     data, port, user = folder / "data", free_port(), _as_postgres_user()
-    subprocess.run(
-        [*user, str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust"],
-        check=True,
-        capture_output=True,
-    )
+    _run_checked([*user, str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust"])
     options = ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={folder}"]
     server = subprocess.Popen(
         [*user, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), *options],
@@ -161,9 +167,11 @@ def postgres_server(folder: Path) -> Iterator[str]:
         if server.poll() is not None:
             raise RuntimeError(f"postgres exited: {(folder / 'postgres.log').read_text()}")
         createdb = [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow"]
-        subprocess.run([*createdb, "mlflow"], check=True, capture_output=True)
+        _run_checked([*createdb, "mlflow"])
         yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGINT)  # fast shutdown, runuser included
         server.wait(timeout=60)
+        if folder != parent:
+            shutil.rmtree(folder, ignore_errors=True)
