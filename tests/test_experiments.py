@@ -109,7 +109,7 @@ def test_model_is_logged_with_signature_and_loads(project: Path, server: str) ->
     mlflow.set_tracking_uri(server)
     info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
     assert info.signature is not None
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:] == [3, 32, 32]
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:] == (3, 32, 32)
     model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
     assert model(__import__("torch").zeros(1, 3, 32, 32)).shape == (1, 3)
 
