@@ -104,6 +104,7 @@ def test_server_over_project_store_finds_the_pipeline_run(project: Path, server:
 def test_model_is_logged_with_signature_and_loads(project: Path, server: str) -> None:
     import mlflow
     import mlflow.pytorch
+    import torch
 
     run_id = search_runs(server, EXPERIMENT)[0]["info"]["run_id"]
     mlflow.set_tracking_uri(server)
@@ -111,7 +112,8 @@ def test_model_is_logged_with_signature_and_loads(project: Path, server: str) ->
     assert info.signature is not None
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:] == (3, 32, 32)
     model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
-    assert model(__import__("torch").zeros(1, 3, 32, 32)).shape == (1, 3)
+    classes = [p for p in (project / "data" / "raw").iterdir() if p.is_dir()]
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, len(classes))
 
 
 def test_push_then_pull_in_fresh_clone_restores_everything(
