@@ -126,6 +126,7 @@ def main() -> None:
         write_json(layout.TRAIN_METRICS, summarize(result, len(train_set), len(val_set)))
         run.log_metrics_file(layout.TRAIN_METRICS, "train")
         run.log_figure(history_figure(frame), "plots/train_history.png")
+        run.log_model(model, val_set.pixels[:2], params.tracking.registered_model)
         print(
             f"train: best epoch {result.best_epoch} on {device} x{world.size}, "
             f"val accuracy {result.best.val_accuracy:.3f}, final weights {fingerprint[:16]}"

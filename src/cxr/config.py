@@ -226,6 +226,8 @@ class TrackingConfig:
     experiment: str = "cxr-classification"
     # false: an unreachable tracking server only warns, and the pipeline runs untracked.
     required: bool = True
+    # Model-registry name the trained model is registered under; empty: log it, don't register.
+    registered_model: str = ""
 
 
 @dataclass(config=_STRICT)

@@ -37,12 +37,27 @@ RELIABILITY_DIR = PLOTS / "reliability"  # uncalibrated.csv [, temperature_scale
 PER_CLASS = PLOTS / "per_class.csv"  # long table for the per-class bar chart
 
 
-def project_root() -> Path:
-    """The project's root: DVC's `DVC_ROOT` when a stage runs under DVC, else the current folder.
+# Where DVC runs queued and `--temp` experiments: a temporary git clone at
+# <project root>/.dvc/tmp/exps/<tmp name> (dvc.repo.experiments.executor.local.TempDirExecutor).
+EXP_WORKSPACE_PARTS = (".dvc", "tmp", "exps")
 
-    Queued and `--temp` experiments run in a temporary copy of the repository; DVC then points
-    `DVC_ROOT` at the original repository, which is where relative data sources and the MLflow
-    store live.
+
+def project_root() -> Path:
+    """The project's root, where relative data sources and the MLflow store live.
+
+    A stage runs in the folder DVC sets as `DVC_ROOT` (else the current folder). Queued and
+    `--temp` experiments run in a temporary copy inside the project's `.dvc/tmp/exps/`, and
+    `DVC_ROOT` then names that copy, which DVC deletes afterwards: the root is the project
+    that holds it.
     """
     root = os.environ.get("DVC_ROOT")
-    return Path(root).resolve() if root else Path.cwd().resolve()
+    return outside_exp_workspace(Path(root).resolve() if root else Path.cwd().resolve())
+
+
+def outside_exp_workspace(path: Path) -> Path:
+    """`<root>/.dvc/tmp/exps/<tmp>/...` → `<root>`; any other path unchanged."""
+    parts, n = path.parts, len(EXP_WORKSPACE_PARTS)
+    for start in range(1, len(parts) - n + 1):
+        if parts[start : start + n] == EXP_WORKSPACE_PARTS:
+            return Path(*parts[:start])
+    return path

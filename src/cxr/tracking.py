@@ -20,7 +20,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,6 +50,16 @@ TAG_PARAMS_HASH = "cxr.params_hash"
 TAG_DVC_EXP = "cxr.dvc_exp"
 TAG_BASELINE = "cxr.baseline_rev"
 TAG_STAGE_DONE = "cxr.stage.{}"
+# MLflow's own tag for the source commit: the UI links a run to it.
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+
+# The data version of a run: the md5 DVC recorded in dvc.lock for these outputs (tag: path).
+DATA_VERSION_TAGS = {
+    "cxr.data.raw_md5": layout.RAW.as_posix(),
+    "cxr.data.split_md5": layout.SPLIT.as_posix(),
+    "cxr.data.augmented_md5": layout.AUGMENTED.as_posix(),
+}
+DVC_LOCK = Path("dvc.lock")
 
 
 class TrackingUnavailableError(CxrError, RuntimeError):
@@ -101,20 +113,39 @@ def loggable_params(params: Params) -> dict[str, str]:
 
 
 class PipelineRun:
-    """Logging into one MLflow run that never raises: failures are kept and reported."""
+    """Logging into one MLflow run that never raises: failures are kept and reported.
 
-    def __init__(self, client: Any | None, run_id: str | None, stage: str) -> None:
+    After a failed call the store is given `cooldown_s` to recover: calls in that window are
+    not attempted (each would wait out the HTTP timeout and so stall training) but recorded as
+    missing, like the failures, for the report at the end.
+    """
+
+    def __init__(
+        self,
+        client: Any | None,
+        run_id: str | None,
+        stage: str,
+        uri: str = "",
+        cooldown_s: float = 30.0,
+    ) -> None:
         self.client = client
         self.run_id = run_id
         self.stage = stage
+        self.uri = uri
+        self.cooldown_s = cooldown_s
         self.failures: list[str] = []
+        self._down_until = 0.0
 
     @property
     def enabled(self) -> bool:
         return self.client is not None and self.run_id is not None
 
-    def _guard(self, what: str, call: Callable[[], Any]) -> None:
+    def _guard(self, what: str, call: Callable[[], Any], force: bool = False) -> None:
+        """Run one logging call; `force` tries it even in the cool-down (closing the run)."""
         if not self.enabled:
+            return
+        if not force and time.monotonic() < self._down_until:
+            self.failures.append(f"{what}: skipped, the tracking store failed just before")
             return
         try:
             call()
@@ -122,6 +153,7 @@ class PipelineRun:
             if not self.failures:
                 print(f"warning: MLflow logging failed ({what}): {err}", file=sys.stderr)
             self.failures.append(f"{what}: {type(err).__name__}: {err}")
+            self._down_until = time.monotonic() + self.cooldown_s
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -183,6 +215,14 @@ class PipelineRun:
             epoch = int(row.pop("epoch"))
             self.log_metrics(row, step=epoch)
 
+    def log_model(self, model: Any, pixels: Any, registered_name: str = "") -> None:
+        """The model via `mlflow.pytorch.log_model`, with a signature and an input example
+        made from `pixels` (uint8 images as the data path holds them), optionally registered."""
+        self._guard(
+            "model (mlflow.pytorch.log_model)",
+            lambda: _log_pytorch_model(self.uri, self.run_id, model, pixels, registered_name),
+        )
+
     def report(self) -> None:
         if self.failures:
             print(
@@ -195,9 +235,62 @@ class PipelineRun:
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
+
+
+def _log_pytorch_model(uri: str, run_id: str, model: Any, pixels: Any, registered: str) -> None:
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    import torchvision
+    from mlflow.models import infer_signature
+
+    from cxr.data import Normalize
+
+    example = Normalize()(pixels.cpu()).numpy()  # what the model itself receives
+    model = model.cpu().eval()
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, output),
+            input_example=example,
+            registered_model_name=registered or None,
+            # Pinned here: inferring them would import the model again in a subprocess.
+            pip_requirements=[
+                f"torch=={torch.__version__}",
+                f"torchvision=={torchvision.__version__}",
+            ],
+        )
+
+
+def data_version(lock: Path = DVC_LOCK) -> dict[str, str]:
+    """Tags naming the data a run used: the md5 of data outputs as recorded in dvc.lock."""
+    import yaml
+
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    md5s = {
+        out["path"]: out["md5"]
+        for stage in stages.values()
+        for out in stage.get("outs", [])
+        if "md5" in out
+    }
+    return {tag: md5s[path] for tag, path in DATA_VERSION_TAGS.items() if path in md5s}
+
+
+def baseline_commit(root: Path) -> str | None:
+    """The commit the run starts from: DVC's experiment baseline, else git's HEAD."""
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        return os.environ["DVC_EXP_BASELINE_REV"]
+    done = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _connect(uri: str, root: Path, experiment: str) -> tuple[Any, str]:
@@ -255,11 +348,21 @@ def _backfill(run: PipelineRun, stage: str) -> None:
 
 
 def _run_tags(params: Params) -> dict[str, str]:
+    """The tags that find this pipeline run's MLflow run (see `_find_or_create_run`)."""
     tags = {TAG_PARAMS_HASH: params_hash(params)}
     if os.environ.get("DVC_EXP_NAME"):
         tags[TAG_DVC_EXP] = os.environ["DVC_EXP_NAME"]
-    if os.environ.get("DVC_EXP_BASELINE_REV"):
-        tags[TAG_BASELINE] = os.environ["DVC_EXP_BASELINE_REV"]
+    return tags
+
+
+def _provenance_tags() -> dict[str, str]:
+    """Where the run came from: baseline commit and data version; refreshed by every stage,
+    as dvc.lock gains the hashes of the stages that ran before it."""
+    tags = data_version()
+    commit = baseline_commit(Path.cwd())
+    if commit:
+        tags[TAG_BASELINE] = commit
+        tags[TAG_GIT_COMMIT] = commit
     return tags
 
 
@@ -281,7 +384,8 @@ def pipeline_run(stage: str, params: Params) -> Iterator[PipelineRun]:
         return
     tags = _run_tags(params)
     run_id, created = _find_or_create_run(client, experiment_id, stage, tags)
-    run = PipelineRun(client, run_id, stage)
+    run = PipelineRun(client, run_id, stage, tracking_uri(root))
+    run.set_tags(_provenance_tags())
     if created:
         run.log_params(loggable_params(params))
         _backfill(run, stage)
@@ -289,7 +393,8 @@ def pipeline_run(stage: str, params: Params) -> Iterator[PipelineRun]:
     try:
         yield run
         status = "FINISHED"
-        run.set_tags({TAG_STAGE_DONE.format(stage): "done"})
+        done = TAG_STAGE_DONE.format(stage)
+        run._guard(f"tag {done}", lambda: client.set_tag(run_id, done, "done"), force=True)
     finally:
-        run._guard("run status", lambda: client.set_terminated(run_id, status))
+        run._guard("run status", lambda: client.set_terminated(run_id, status), force=True)
         run.report()

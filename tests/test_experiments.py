@@ -1,0 +1,204 @@
+"""DVC experiments and MLflow at team scale, in one temporary git+DVC clone whose pipeline run
+(tiny params) is shared by every test here: the MLflow server over the project's store, the
+push/pull round trip, the queue, `dvc exp run -S lr=…` with `dvc metrics diff`, `exp apply`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import copy_project, run
+from servers import as_dict, mlflow_server, search_runs, wait_for
+
+pytestmark = pytest.mark.e2e
+
+EXPERIMENT = "cxr-classification"
+# Baseline lr differs from 0.001 so that the README's `dvc exp run -S lr=0.001` changes it.
+TINY = {
+    "lr": 0.003,
+    "data.synthetic.n_images": 120,
+    "split.ratio": [0.6, 0.2, 0.2],
+    "data.synthetic.image_size": 64,
+    "train.image_size": 32,
+    "train.epochs": 1,
+    "train.batch_size": 16,
+    "train.num_workers": 0,
+    "evaluate.bootstrap_resamples": 100,
+    "gradcam.images_per_class": 1,
+}
+QUEUED_LRS = {"lr-5e-4": 0.0005, "lr-2e-3": 0.002, "lr-1e-2": 0.01}
+
+
+def shrink_params(project: Path, values: dict[str, object]) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def git_commit(project: Path, message: str) -> str:
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], project)
+    return run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clone with tiny params, `dvc repro` run once and its results committed."""
+    project = copy_project(tmp_path_factory.mktemp("exp") / "project")
+    shrink_params(project, TINY)
+    git_commit(project, "tiny params")
+    run(["dvc", "repro"], project)
+    git_commit(project, "pipeline results")
+    return project
+
+
+@pytest.fixture(scope="module")
+def server(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on loopback over the project's own store."""
+    log = tmp_path_factory.mktemp("server") / "mlflow.log"
+    with mlflow_server(f"sqlite:///{project / 'mlflow.db'}", project / "mlartifacts", log) as (
+        base,
+        _,
+    ):
+        yield base
+
+
+def dvc_lock_md5(project: Path, path: str) -> str:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return next(
+        out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+        if out["path"] == path
+    )
+
+
+def test_server_over_project_store_finds_the_pipeline_run(project: Path, server: str) -> None:
+    runs = search_runs(server, EXPERIMENT)
+    assert len(runs) == 1, [r["info"].get("run_name") for r in runs]
+    found = runs[0]
+    params, metrics, tags = (
+        as_dict(found["data"].get(key, [])) for key in ("params", "metrics", "tags")
+    )
+    eval_json = json.loads((project / "metrics" / "eval.json").read_text())
+    assert float(params["lr"]) == TINY["lr"]
+    assert params["train.image_size"] == str(TINY["train.image_size"])
+    assert metrics["eval/accuracy"] == pytest.approx(eval_json["accuracy"])
+    assert {"train_loss", "val_loss", "train/val_accuracy"} <= set(metrics)
+    assert tags["cxr.data.raw_md5"] == dvc_lock_md5(project, "data/raw")
+    assert tags["cxr.data.split_md5"] == dvc_lock_md5(project, "data/split")
+    base = run(["git", "rev-list", "-n1", "--grep=tiny params", "HEAD"], project).stdout.strip()
+    assert tags["cxr.baseline_rev"] == base
+    assert all(tags[f"cxr.stage.{s}"] == "done" for s in ("train", "evaluate", "gradcam"))
+
+
+def test_model_is_logged_with_signature_and_loads(project: Path, server: str) -> None:
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    run_id = search_runs(server, EXPERIMENT)[0]["info"]["run_id"]
+    mlflow.set_tracking_uri(server)
+    info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    assert info.signature is not None
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:] == (3, 32, 32)
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    classes = [p for p in (project / "data" / "raw").iterdir() if p.is_dir()]
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, len(classes))
+
+
+def test_push_then_pull_in_fresh_clone_restores_everything(
+    project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    remote = tmp_path_factory.mktemp("remote") / "store"
+    run(["dvc", "remote", "add", "-d", "team", str(remote)], project)
+    git_commit(project, "dvc remote")
+    run(["dvc", "push"], project)
+    clone = tmp_path_factory.mktemp("clone") / "project"
+    run(["git", "clone", "-q", str(project), str(clone)], project.parent)
+    assert not (clone / "models" / "model.pt").exists()
+    run(["dvc", "pull"], clone)
+    for path in ("models/model.pt", "data/manifest.csv"):
+        assert (clone / path).read_bytes() == (project / path).read_bytes(), path
+    assert sorted(p.name for p in (clone / "data/raw/COVID").iterdir()) == sorted(
+        p.name for p in (project / "data/raw/COVID").iterdir()
+    )
+    status = run(["dvc", "status"], clone).stdout
+    assert "up to date" in status, status
+    repro = run(["dvc", "repro"], clone).stdout
+    assert "Running stage" not in repro, repro
+
+
+def queue_settled(project: Path) -> bool:
+    """True once no queued experiment is waiting or running."""
+    status = subprocess.run(
+        ["dvc", "queue", "status"], cwd=project, capture_output=True, text=True, check=False
+    ).stdout
+    return not any(word in status for word in ("Queued", "Running"))
+
+
+def test_queue_runs_three_experiments_into_the_project_store(project: Path, server: str) -> None:
+    for name, lr in QUEUED_LRS.items():
+        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"lr={lr}"], project)
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    wait_for(lambda: queue_settled(project), 900, "the DVC queue to finish")
+    status = run(["dvc", "queue", "status"], project).stdout
+    assert status.count("Success") == 3, status
+    run(["dvc", "queue", "stop", "--kill"], project)
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    names = {
+        exp["name"]
+        for baseline in shown
+        for experiment in baseline.get("experiments") or []
+        for exp in experiment.get("revs", [])
+    }
+    assert set(QUEUED_LRS) <= names, names
+
+    by_name = {r["info"]["run_name"]: r for r in search_runs(server, EXPERIMENT)}
+    for name, lr in QUEUED_LRS.items():
+        assert name in by_name, sorted(by_name)
+        params = as_dict(by_name[name]["data"]["params"])
+        metrics = as_dict(by_name[name]["data"]["metrics"])
+        assert float(params["lr"]) == lr
+        assert {"eval/accuracy", "eval/macro/f1"} <= set(metrics)
+        assert as_dict(by_name[name]["data"]["tags"])["cxr.dvc_exp"] == name
+    # Nothing landed in the temporary workspaces' own stores.
+    assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def test_exp_run_lr_then_metrics_diff_lists_changes(project: Path, server: str) -> None:
+    run(["dvc", "exp", "run", "-S", "lr=0.001"], project)
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
+    changed = {
+        (path, key)
+        for path, metrics in diff.items()
+        for key, change in metrics.items()
+        if change.get("diff")
+    }
+    assert {("metrics/eval.json", "accuracy"), ("metrics/eval.json", "macro.f1")} & changed, diff
+    assert all(diff[path][key]["old"] != diff[path][key]["new"] for path, key in changed)
+    params_diff = json.loads(run(["dvc", "params", "diff", "--json"], project).stdout)
+    lr_change = params_diff["params.yaml"]["lr"]
+    assert (lr_change["old"], lr_change["new"]) == (0.003, 0.001)
+    plots = run(["dvc", "plots", "diff", "--json"], project).stdout
+    assert "train_history.csv" in plots
+
+    latest = search_runs(server, EXPERIMENT)
+    assert any(as_dict(r["data"]["params"]).get("lr") == "0.001" for r in latest)
+
+
+def test_exp_apply_restores_a_queued_experiment(project: Path) -> None:
+    run(["dvc", "exp", "apply", "lr-1e-2"], project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["lr"] == QUEUED_LRS["lr-1e-2"]
+    assert run(["dvc", "status"], project).stdout.count("changed") == 0
