@@ -9,76 +9,33 @@ Under `torchrun --nproc_per_node N stages/train.py` every rank trains its shard 
 rank 0 writes files and opens MLflow.
 """
 
-import dataclasses
-import hashlib
-import json
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import pandas as pd
 
 from cxr import layout
-from cxr.config import Params, load_params
-from cxr.data import PixelSet, cached_split, index_folder
+from cxr.config import load_params
+from cxr.data import cached_split, index_folder
 from cxr.distributed import (
-    World,
-    barrier,
     check_ranks_agree,
     device_for,
     process_group,
     world_from_env,
+    writer_first,
 )
 from cxr.errors import run_stage
-from cxr.fsio import sha256_file, write_csv, write_json
+from cxr.fsio import write_csv, write_json
 from cxr.models import ModelCard, build_model, save_checkpoint
 from cxr.plots import history_figure
-from cxr.tracking import PipelineRun, pipeline_run
-from cxr.training import EpochStats, fit, seed_everything, select_device, summarize
-
-
-def tracking(world: World, params: Params) -> AbstractContextManager[PipelineRun]:
-    """Rank 0 logs to this pipeline run; other ranks never touch MLflow."""
-    return (
-        pipeline_run("train", params)
-        if world.is_writer
-        else nullcontext(PipelineRun(None, None, "train"))
-    )
-
-
-def load_data(world: World, size: int, classes: tuple[str, ...]) -> tuple[PixelSet, PixelSet]:
-    """Rank 0 decodes into the pixel store (once per data and size); the others wait, then
-    map it."""
-    if world.is_writer:
-        train = cached_split(layout.AUGMENTED_TRAIN, size, classes)
-        val = cached_split(layout.SPLIT / "val", size, classes)
-    barrier()
-    if not world.is_writer:
-        train = cached_split(layout.AUGMENTED_TRAIN, size, classes, build=False)
-        val = cached_split(layout.SPLIT / "val", size, classes, build=False)
-    return train, val
-
-
-TRAIN_MODULES = ("cache", "data", "distributed", "models", "training")
-
-
-def code_hash() -> str:
-    """The training code itself: DVC re-runs this stage after a code change, and the new code
-    must then train afresh rather than resume (or reuse) the old code's checkpoint."""
-    package = Path(layout.__file__).parent
-    files = [Path(__file__), *(package / f"{name}.py" for name in TRAIN_MODULES)]
-    return hashlib.sha256(b"".join(sha256_file(path).encode() for path in files)).hexdigest()
-
-
-def resume_key(params: Params, train: PixelSet, val: PixelSet, world: World) -> str:
-    """A checkpoint is resumed only for the same train params, lr, data, code and world size."""
-    identity = {
-        "train": dataclasses.asdict(params.train),
-        "lr": params.lr,
-        "data": [train.key, val.key],
-        "code": code_hash(),
-        "world": world.size,
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+from cxr.tracking import writer_run
+from cxr.training import (
+    EpochStats,
+    fit,
+    resume_key,
+    seed_everything,
+    select_device,
+    summarize,
+)
 
 
 def main() -> None:
@@ -87,11 +44,17 @@ def main() -> None:
     world = world_from_env()
     device = device_for(world, select_device(cfg.device))
     seed_everything(cfg.seed, device)
-    with process_group(world, device), tracking(world, params) as run:
+    with process_group(world, device), writer_run("train", params, world.is_writer) as run:
         classes = index_folder(layout.AUGMENTED_TRAIN).classes
         # Build first: missing pretrained weights must fail before any data is decoded.
         model = build_model(cfg.model, len(classes), cfg.weights)
-        train_set, val_set = load_data(world, cfg.image_size, classes)
+        train_set, val_set = writer_first(
+            world,
+            lambda build: [
+                cached_split(folder, cfg.image_size, classes, build)
+                for folder in (layout.AUGMENTED_TRAIN, layout.SPLIT / "val")
+            ],
+        )
         history: list[dict] = []
 
         def on_epoch(stats: EpochStats) -> None:
@@ -112,7 +75,9 @@ def main() -> None:
             device,
             on_epoch,
             checkpoint=layout.CHECKPOINT,
-            key=resume_key(params, train_set, val_set, world),
+            key=resume_key(
+                cfg, params.lr, [train_set.key, val_set.key], world.size, Path(__file__)
+            ),
             world=world,
         )
         fingerprint = check_ranks_agree(model)

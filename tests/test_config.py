@@ -38,7 +38,7 @@ def test_every_stage_declares_exactly_the_params_groups_it_reads() -> None:
         "download": {"data"},
         "split": {"split"},
         "augment": {"augment"},
-        "train": {"lr", "train"},
+        "train": {"lr", "train", "tracking.registered_model"},
         "evaluate": {"evaluate"},
         "gradcam": {"gradcam"},
     }

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -114,3 +117,14 @@ def average_buffers(model: torch.nn.Module) -> None:
             buffer.div_(dist.get_world_size())
         else:
             dist.broadcast(buffer, src=0)
+
+
+def writer_first(world: World, load: Callable[[bool], T]) -> T:
+    """`load(build=True)` on rank 0 (e.g. decoding into the pixel store once), then
+    `load(build=False)` on the other ranks after rank 0 is done, so no image is decoded twice."""
+    if world.is_writer:
+        result = load(True)
+    barrier()
+    if not world.is_writer:
+        result = load(False)
+    return result

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -398,3 +398,9 @@ def pipeline_run(stage: str, params: Params) -> Iterator[PipelineRun]:
     finally:
         run._guard("run status", lambda: client.set_terminated(run_id, status), force=True)
         run.report()
+
+
+def writer_run(stage: str, params: Params, is_writer: bool) -> AbstractContextManager[PipelineRun]:
+    """The pipeline run on the process that writes (DDP rank 0); other ranks get a run that
+    logs nothing and never touches MLflow."""
+    return pipeline_run(stage, params) if is_writer else nullcontext(PipelineRun(None, None, stage))

@@ -14,6 +14,8 @@ and the best weights so far are saved atomically after every epoch.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -40,7 +42,7 @@ from cxr.data import (
 )
 from cxr.distributed import World, all_sum, average_buffers
 from cxr.errors import ConfigError
-from cxr.fsio import atomic_file
+from cxr.fsio import atomic_file, sha256_file
 from cxr.models import MODEL_SPECS
 
 
@@ -449,3 +451,29 @@ def summarize(result: FitResult, train_images: int, val_images: int) -> dict:
         "val_accuracy": round(best.val_accuracy, 6),
         "val_macro_f1": round(best.val_macro_f1, 6),
     }
+
+
+# The modules whose code shapes a trained model; with the stage script they key the checkpoint.
+TRAINING_MODULES = ("cache", "data", "distributed", "models", "training")
+
+
+def code_hash(*extra_files: Path) -> str:
+    """A hash of the training code: after a code change DVC re-runs the stage, and the new code
+    must then train afresh rather than resume (or reuse) the old code's checkpoint."""
+    package = Path(__file__).parent
+    files = [*extra_files, *(package / f"{name}.py" for name in TRAINING_MODULES)]
+    return hashlib.sha256(b"".join(sha256_file(path).encode() for path in files)).hexdigest()
+
+
+def resume_key(
+    cfg: TrainConfig, lr: float, data_keys: list[str], world_size: int, *code: Path
+) -> str:
+    """A checkpoint is resumed only for the same train params, lr, data, code and world size."""
+    identity = {
+        "train": asdict(cfg),
+        "lr": lr,
+        "data": data_keys,
+        "code": code_hash(*code),
+        "world": world_size,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
