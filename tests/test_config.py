@@ -17,6 +17,17 @@ def project_params() -> dict:
     return yaml.safe_load((PROJECT / "params.yaml").read_text())
 
 
+def with_overrides(override: dict) -> dict:
+    """The project's params with some groups' keys (or top-level values) replaced."""
+    raw = project_params()
+    for group, value in override.items():
+        if isinstance(value, dict):
+            raw[group].update(value)
+        else:
+            raw[group] = value
+    return raw
+
+
 def test_project_params_parse_and_lr_is_top_level() -> None:
     params = load_params(PROJECT / "params.yaml")
     assert isinstance(params, Params)
@@ -55,12 +66,7 @@ def test_every_stage_declares_exactly_the_params_groups_it_reads() -> None:
     ],
 )
 def test_wrong_values_name_the_key(override: dict, key: str) -> None:
-    raw = project_params()
-    for group, value in override.items():
-        if isinstance(value, dict):
-            raw[group].update(value)
-        else:
-            raw[group] = value
+    raw = with_overrides(override)
     with pytest.raises(ParamsError) as caught:
         parse_params(raw)
     assert f"  {key}:" in str(caught.value)
@@ -86,12 +92,7 @@ def run_stage_in(folder: Path, stage: str, store: Path) -> subprocess.CompletedP
     ],
 )
 def test_stage_fails_before_any_work(tmp_path: Path, stage: str, override: dict, key: str) -> None:
-    raw = project_params()
-    for group, value in override.items():
-        if isinstance(value, dict):
-            raw[group].update(value)
-        else:
-            raw[group] = value
+    raw = with_overrides(override)
     project = tmp_path / "project"
     project.mkdir()
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
