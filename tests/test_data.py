@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from cxr import cache
-from cxr.data import EpochSampler, cached_split, class_weights, load_split
+from cxr.data import (
+    DeviceBatches,
+    EpochSampler,
+    PixelSet,
+    batch_loader,
+    cached_split,
+    class_weights,
+    fits_on_device,
+    load_split,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_project import write_images
@@ -90,3 +99,20 @@ def test_class_weights_are_inverse_frequency() -> None:
     weights = class_weights(torch.tensor([0, 0, 0, 1]), 3)
     assert weights[1] == pytest.approx(3 * weights[0])
     assert weights[2] == 0
+
+
+def test_device_batches_match_the_dataloader_batches() -> None:
+    """The GPU-resident path yields the same batches, in the same order, as the workers do."""
+    pixels = torch.randint(0, 256, (37, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(37) % 3
+    data = PixelSet(("a", "b", "c"), tuple(Path(f"{i}.png") for i in range(37)), pixels, labels)
+    sampler = EpochSampler(len(data), seed=5)
+    resident = DeviceBatches(data, sampler, 8, torch.device("cpu"))
+    workers = batch_loader(data, sampler, 8, workers=2, pin_memory=False)
+    for epoch in (0, 3):
+        sampler.set_epoch(epoch)
+        ours, theirs = list(resident), list(workers)
+        assert len(ours) == len(theirs) == 5
+        for (p1, l1), (p2, l2) in zip(ours, theirs, strict=True):
+            assert torch.equal(p1, p2) and torch.equal(l1, l2)
+    assert not fits_on_device(data, torch.device("cpu"))  # CPU keeps the overlapping workers

@@ -198,6 +198,37 @@ def batch_loader(
     )
 
 
+class DeviceBatches:
+    """Batches gathered on the GPU from a store held in GPU memory: no workers, no pinned
+    copies, no per-batch host-to-device transfer (the epoch's order goes over once).
+
+    A GPU trains resnet18 at 224 px at ~10,000 images/s; a DataLoader round trip per batch is
+    then a visible share of each step. A 21,000-image store at 224 px is ~1 GB of uint8.
+    """
+
+    def __init__(
+        self, data: PixelSet, sampler: EpochSampler, batch_size: int, device: torch.device
+    ) -> None:
+        self.pixels = data.pixels.to(device)
+        self.labels = data.labels.to(device)
+        self.sampler = sampler
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.tensor(list(self.sampler), dtype=torch.int64).to(self.pixels.device)
+        for rows in order.split(self.batch_size):
+            yield self.pixels[rows], self.labels[rows]
+
+
+def fits_on_device(data: PixelSet, device: torch.device, share: float = 0.25) -> bool:
+    """Whether the uint8 store takes at most `share` of the GPU's memory (never on CPU/MPS,
+    where the DataLoader's workers overlap gathering with compute)."""
+    if device.type != "cuda":
+        return False
+    total = torch.cuda.get_device_properties(device).total_memory
+    return data.pixels.numel() * data.pixels.element_size() <= share * total
+
+
 class Normalize(torch.nn.Module):
     """uint8 (N, 1, H, W) → float (N, 3, H, W) with ImageNet statistics (see cxr.models)."""
 

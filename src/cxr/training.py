@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,12 +33,14 @@ from torch.nn.parallel import DistributedDataParallel
 from cxr.config import TrainConfig
 from cxr.data import (
     BatchAugment,
+    DeviceBatches,
     EpochSampler,
     Normalize,
     PixelSet,
     batch_indices,
     batch_loader,
     class_weights,
+    fits_on_device,
 )
 from cxr.distributed import World, all_sum, average_buffers
 from cxr.errors import ConfigError
@@ -247,7 +249,7 @@ class Trainer:
     precision: Precision
     loss_fn: nn.Module
     sampler: EpochSampler
-    loader: torch.utils.data.DataLoader
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]]  # DataLoader, or DeviceBatches
     augment: BatchAugment
     normalize: Normalize
     device: torch.device
@@ -285,8 +287,12 @@ def make_trainer(
         precision=precision,
         loss_fn=loss_function(cfg, train.labels, num_classes).to(device),
         sampler=sampler,
-        loader=batch_loader(
-            train, sampler, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda"
+        loader=(
+            DeviceBatches(train, sampler, cfg.batch_size, device)
+            if fits_on_device(train, device)
+            else batch_loader(
+                train, sampler, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda"
+            )
         ),
         augment=BatchAugment(),
         normalize=Normalize().to(device),
