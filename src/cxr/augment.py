@@ -116,7 +116,8 @@ def _augment_one(task: AugmentTask) -> None:
     random.seed(task.seed)  # Augmentor's operations draw from both global RNGs
     np.random.seed(task.seed)
     image = _worker_transform(read_gray8(task.source))
-    save_png(to_gray8(image), task.destination)
+    # Level 1: augmented images are an intermediate product; encoding dominates the stage.
+    save_png(to_gray8(image), task.destination, compress_level=1)
 
 
 def plan_class(

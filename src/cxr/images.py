@@ -68,6 +68,7 @@ def read_mask(path: Path | str) -> Image.Image:
     return gray.point(lambda value: 255 if value >= 128 else 0)
 
 
-def save_png(image: Image.Image, path: Path) -> None:
-    """PNG with fixed settings, so equal pixels give equal bytes."""
-    image.save(path, format="PNG", optimize=False, compress_level=6)
+def save_png(image: Image.Image, path: Path, compress_level: int = 6) -> None:
+    """PNG with fixed settings, so equal pixels give equal bytes. PNG is lossless at every
+    level; a low level trades file size for encoding time (most of augment's time)."""
+    image.save(path, format="PNG", optimize=False, compress_level=compress_level)
