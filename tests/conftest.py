@@ -3,6 +3,7 @@ that nothing is skipped silently in CI."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
 REAL_DATA_DEFAULT = PROJECT.parent / "shared" / "data" / "cxr3"
@@ -78,9 +80,53 @@ def copy_project(dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     run(["git", "init", "-q", "-b", "main"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"], dest)
+    git_commit(dest, "base")
     return dest
+
+
+# A pipeline run small enough for CI on two cores, with every class in every split. Its lr
+# differs from 0.001 so that the README's `dvc exp run -S lr=0.001` is a real change.
+TINY_PARAMS: dict[str, object] = {
+    "lr": 0.003,
+    "data.synthetic.n_images": 120,
+    "split.ratio": [0.6, 0.2, 0.2],
+    "data.synthetic.image_size": 64,
+    "train.image_size": 32,
+    "train.epochs": 1,
+    "train.batch_size": 16,
+    "train.num_workers": 0,
+    "evaluate.bootstrap_resamples": 100,
+    "gradcam.images_per_class": 1,
+}
+
+
+def set_params(project: Path, values: dict[str, object]) -> None:
+    """Overwrite params.yaml keys given as dotted paths (`train.epochs`), like `dvc exp run -S`."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def git_commit(project: Path, message: str) -> str:
+    """Commit everything in `project`; returns the new commit's hash."""
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], project)
+    return run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file below `folder`, by relative path."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 @pytest.fixture

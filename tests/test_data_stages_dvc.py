@@ -7,22 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import run
-
-
-def tree(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+from conftest import run, set_params, tree_hashes
 
 
 def tiny_params(project: Path) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["synthetic"].update(n_images=120, image_size=64)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(project, {"data.synthetic.n_images": 120, "data.synthetic.image_size": 64})
 
 
 def assert_linked(project: Path, originals_only: bool = False) -> None:
@@ -43,7 +32,7 @@ def test_repro_force_twice_gives_identical_augmented_files(project_copy: Path) -
     # cache.type "hardlink,reflink,copy": new outputs are hard-linked into the cache.
     assert run(["dvc", "config", "cache.type"], project_copy).stdout.strip().startswith("hardlink")
     run(["dvc", "repro", "augment"], project_copy)
-    first = tree(project_copy / "data" / "augmented")
+    first = tree_hashes(project_copy / "data" / "augmented")
     assert any("__aug" in name for name in first)
     # Files passed on unchanged (raw -> split -> augmented originals) are one inode. An
     # augmented output can equal an existing object (every op skipped by its probability);
@@ -51,7 +40,7 @@ def test_repro_force_twice_gives_identical_augmented_files(project_copy: Path) -
     assert_linked(project_copy, originals_only=True)
 
     run(["dvc", "repro", "--force", "augment"], project_copy)
-    assert tree(project_copy / "data" / "augmented") == first
+    assert tree_hashes(project_copy / "data" / "augmented") == first
     # Outputs identical to cached objects come back as copies (DVC links only new objects);
     # `dvc checkout --relink` turns them back into links, as the README says.
     run(["dvc", "checkout", "--relink", "--with-deps", "augment"], project_copy)

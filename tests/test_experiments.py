@@ -11,50 +11,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_project, run
+from conftest import TINY_PARAMS, copy_project, git_commit, run, set_params
 from servers import as_dict, mlflow_server, search_runs, wait_for
 
 pytestmark = pytest.mark.e2e
 
 EXPERIMENT = "cxr-classification"
-# Baseline lr differs from 0.001 so that the README's `dvc exp run -S lr=0.001` changes it.
-TINY = {
-    "lr": 0.003,
-    "data.synthetic.n_images": 120,
-    "split.ratio": [0.6, 0.2, 0.2],
-    "data.synthetic.image_size": 64,
-    "train.image_size": 32,
-    "train.epochs": 1,
-    "train.batch_size": 16,
-    "train.num_workers": 0,
-    "evaluate.bootstrap_resamples": 100,
-    "gradcam.images_per_class": 1,
-}
 QUEUED_LRS = {"lr-5e-4": 0.0005, "lr-2e-3": 0.002, "lr-1e-2": 0.01}
-
-
-def shrink_params(project: Path, values: dict[str, object]) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for dotted, value in values.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def git_commit(project: Path, message: str) -> str:
-    run(["git", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], project)
-    return run(["git", "rev-parse", "HEAD"], project).stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clone with tiny params, `dvc repro` run once and its results committed."""
     project = copy_project(tmp_path_factory.mktemp("exp") / "project")
-    shrink_params(project, TINY)
+    set_params(project, TINY_PARAMS)
     git_commit(project, "tiny params")
     run(["dvc", "repro"], project)
     git_commit(project, "pipeline results")
@@ -90,8 +60,8 @@ def test_server_over_project_store_finds_the_pipeline_run(project: Path, server:
         as_dict(found["data"].get(key, [])) for key in ("params", "metrics", "tags")
     )
     eval_json = json.loads((project / "metrics" / "eval.json").read_text())
-    assert float(params["lr"]) == TINY["lr"]
-    assert params["train.image_size"] == str(TINY["train.image_size"])
+    assert float(params["lr"]) == TINY_PARAMS["lr"]
+    assert params["train.image_size"] == str(TINY_PARAMS["train.image_size"])
     assert metrics["eval/accuracy"] == pytest.approx(eval_json["accuracy"])
     assert {"train_loss", "val_loss", "train/val_accuracy"} <= set(metrics)
     assert tags["cxr.data.raw_md5"] == dvc_lock_md5(project, "data/raw")

@@ -8,9 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import copy_project, tool_env
+from conftest import TINY_PARAMS, copy_project, git_commit, set_params, tool_env
 from servers import mlflow_server, stop, wait_for
-from test_experiments import TINY, git_commit, shrink_params
 
 pytestmark = pytest.mark.e2e
 
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.e2e
 def test_server_killed_during_training(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project")
     # Several epochs, so that training goes on well after the first epoch's history appears.
-    shrink_params(project, {**TINY, "train.epochs": 6, "train.scheduler": "none"})
+    set_params(project, {**TINY_PARAMS, "train.epochs": 6, "train.scheduler": "none"})
     git_commit(project, "tiny params")
     history = project / "plots" / "train_history.csv"
     history.unlink()  # the committed one must not count as "training has started"

@@ -13,10 +13,8 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import copy_project, run
+from conftest import copy_project, git_commit, run, set_params, tree_hashes
 from mlflow.tracking import MlflowClient
-
-from cxr.fsio import sha256_file
 
 pytestmark = pytest.mark.e2e
 
@@ -24,41 +22,17 @@ STAGES = ["download", "split", "augment", "train", "evaluate", "gradcam"]
 
 # Small enough for CI on two cores, large enough that every class reaches every split.
 SMOKE = {
-    ("data", "synthetic", "n_images"): 160,
-    ("data", "synthetic", "image_size"): 64,
-    ("train", "image_size"): 48,
-    ("train", "epochs"): 2,
-    ("evaluate", "bootstrap_resamples"): 200,
-    ("gradcam", "images_per_class"): 2,
+    "data.synthetic.n_images": 160,
+    "data.synthetic.image_size": 64,
+    "train.image_size": 48,
+    "train.epochs": 2,
+    "evaluate.bootstrap_resamples": 200,
+    "gradcam.images_per_class": 2,
 }
-
-
-def set_params(project: Path, overrides: dict[tuple[str, ...], object]) -> None:
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for keys, value in overrides.items():
-        node = params
-        for key in keys[:-1]:
-            node = node[key]
-        node[keys[-1]] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def stages_run(output: str) -> list[str]:
     return re.findall(r"Running stage '([\w-]+)'", output)
-
-
-def commit(project: Path, message: str) -> None:
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], project)
-
-
-def tree_hashes(folder: Path) -> dict[str, str]:
-    return {
-        path.relative_to(folder).as_posix(): sha256_file(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 def metrics_bytes(project: Path) -> dict[str, bytes]:
@@ -71,7 +45,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     project = copy_project(tmp_path_factory.mktemp("e2e") / "project")
     set_params(project, SMOKE)
     first = run(["dvc", "repro"], project)
-    commit(project, "baseline run")
+    git_commit(project, "baseline run")
     return {
         "project": project,
         "output": first.stdout,
@@ -146,7 +120,7 @@ def test_run_is_tracked_in_the_project_store(pipeline: dict, project: Path) -> N
 
 def test_pipeline_runs_on_real_xrays(real_data: Path, tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project")
-    set_params(project, {**SMOKE, ("data", "source"): str(real_data)})
+    set_params(project, {**SMOKE, "data.source": str(real_data)})
     run(["dvc", "repro"], project)
     download = json.loads((project / "metrics/download.json").read_text())
     classes = sorted(p.name for p in real_data.iterdir() if (p / "images").is_dir())

@@ -7,16 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import copy_project, run
+from conftest import TINY_PARAMS, copy_project, git_commit, run, set_params
 from servers import as_dict, mlflow_server, postgres_server, search_runs
-from test_experiments import TINY, git_commit, shrink_params
 
 pytestmark = pytest.mark.e2e
 
 
 def test_pipeline_logs_to_mlflow_server_on_postgres(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project")
-    shrink_params(project, TINY)
+    set_params(project, TINY_PARAMS)
     git_commit(project, "tiny params")
     with (
         postgres_server(tmp_path / "pg") as database,
@@ -27,6 +26,6 @@ def test_pipeline_logs_to_mlflow_server_on_postgres(tmp_path: Path) -> None:
     assert not (project / "mlflow.db").exists()  # nothing went to the local default store
     params, metrics = as_dict(found["data"]["params"]), as_dict(found["data"]["metrics"])
     accuracy = json.loads((project / "metrics" / "eval.json").read_text())["accuracy"]
-    assert float(params["lr"]) == TINY["lr"]
+    assert float(params["lr"]) == TINY_PARAMS["lr"]
     assert metrics["eval/accuracy"] == pytest.approx(accuracy)
     assert found["info"]["status"] == "FINISHED"
