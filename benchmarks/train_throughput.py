@@ -3,13 +3,15 @@
 Prints, in one run, on the same model, batch size, image size and worker count:
   (a) model-only steps on random tensors already on the device (the ceiling);
   (b) our end-to-end training from the cached uint8 pixel store (cxr.training.train_one_epoch:
-      DataLoader over the memory-mapped store, batch augmentation on the device, channels_last,
+      batches gathered from a GPU-resident copy of the store when it fits, else by DataLoader
+      workers over the memory-mapped store; batch augmentation on the device, channels_last,
       AMP on CUDA);
   (c) the seed style: torchvision ImageFolder + PIL transforms decoded per sample every epoch;
 and the ratios b/a and b/c.
 
     python benchmarks/train_throughput.py --data data/augmented/train            # params.yaml size
     python benchmarks/train_throughput.py --data data/augmented/train --image-size 224 --device cuda
+    ... --device cuda --no-gpu-store   # (b) through DataLoader workers, to compare the two feeds
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import nn
 from torchvision import transforms
 
 from cxr.config import TrainConfig, load_params
-from cxr.data import cached_split
+from cxr.data import DeviceBatches, cached_split
 from cxr.distributed import World
 from cxr.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from cxr.training import (
@@ -82,9 +84,11 @@ def model_only(
     return measure
 
 
-def ours(cfg: TrainConfig, device: torch.device, data: Path) -> tuple[Callable[[], float], float]:
-    """(b) images/s of one training epoch from the pixel store, and the one-off seconds it
-    took to build the store."""
+def ours(
+    cfg: TrainConfig, device: torch.device, data: Path
+) -> tuple[Callable[[], float], float, str]:
+    """(b) images/s of one training epoch from the pixel store, the one-off seconds it took to
+    build the store, and how batches reach the model."""
     start = time.perf_counter()
     train = cached_split(data, cfg.image_size)
     built = time.perf_counter() - start
@@ -92,7 +96,12 @@ def ours(cfg: TrainConfig, device: torch.device, data: Path) -> tuple[Callable[[
     trainer = make_trainer(model, train, cfg, 1e-4, device, World())
     train_one_epoch(trainer, 0)  # warm-up: worker start, allocator, cuDNN autotuning
     epochs = iter(range(1, 1_000_000))
-    return lambda: train_one_epoch(trainer, next(epochs))[2], built
+    feed = (
+        "GPU-resident store"
+        if isinstance(trainer.loader, DeviceBatches)
+        else f"DataLoader, {cfg.num_workers} workers"
+    )
+    return lambda: train_one_epoch(trainer, next(epochs))[2], built, feed
 
 
 def seed_style(cfg: TrainConfig, device: torch.device, data: Path) -> Callable[[], float]:
@@ -152,6 +161,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=20, help="timed steps for (a) per round")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument(
+        "--no-gpu-store",
+        action="store_true",
+        help="CUDA: feed (b) through DataLoader workers even when the store fits on the GPU",
+    )
+    parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
     )
     return parser.parse_args()
@@ -168,6 +182,7 @@ def main() -> None:
         num_workers=args.workers,
         device=args.device,
         compile=args.compile,
+        gpu_store=not args.no_gpu_store,
     )
     device = select_device(cfg.device)
     seed_everything(0, device)  # the train stage's kernel settings (cuDNN autotuning on GPUs)
@@ -181,7 +196,7 @@ def main() -> None:
         f"{torch.get_num_threads()} threads), data {args.data}"
     )
     measure_a = model_only(cfg, device, classes, args.steps)
-    measure_b, built = ours(cfg, device, args.data)
+    measure_b, built, feed = ours(cfg, device, args.data)
     measure_c = seed_style(cfg, device, args.data)
     # Interleaved rounds: load from other processes hits all three alike.
     rounds = [(measure_a(), measure_b(), measure_c()) for _ in range(args.rounds)]
@@ -190,7 +205,8 @@ def main() -> None:
     a, b, c = (statistics.median(column) for column in zip(*rounds, strict=True))
     print(f"(a) model-only step on device tensors: {a:9.1f} images/s (median)")
     print(
-        f"(b) ours, cached uint8 store:          {b:9.1f} images/s (store built in {built:.1f} s)"
+        f"(b) ours, cached uint8 store:          {b:9.1f} images/s ({feed}; "
+        f"store built in {built:.1f} s)"
     )
     print(f"(c) seed style, ImageFolder + PIL:     {c:9.1f} images/s")
     print(f"b/a = {b / a:.3f}   b/c = {b / c:.2f}")

@@ -8,73 +8,16 @@ exist, metrics/gradcam.json scores how much of the true class's map lies inside 
 the masks' own area share (what an uninformative map would score).
 """
 
-import numpy as np
-
 from cxr import layout
-from cxr.config import GradcamConfig, load_params
-from cxr.data import PixelSet, load_split
+from cxr.config import load_params
+from cxr.data import load_split
 from cxr.errors import run_stage
-from cxr.fsio import atomic_dir, write_json
+from cxr.fsio import write_json
 from cxr.gradcam import GradCAM, choose_layer, compute_cams, load_masks, localisation_report
 from cxr.models import load_checkpoint
-from cxr.plots import gradcam_grid, overlay_figure, save_figure
+from cxr.plots import write_gradcam_overlays
 from cxr.tracking import pipeline_run
 from cxr.training import select_device
-
-OUTCOMES = ("correct", "wrong")
-
-
-def panel(
-    test: PixelSet,
-    i: int,
-    cams: np.ndarray,
-    probabilities: np.ndarray,
-    masks: list[np.ndarray | None],
-    classes: tuple[str, ...],
-) -> dict:
-    """One grid panel: the image, its heat map, mask and a true-vs-predicted title."""
-    true, predicted = classes[int(test.labels[i])], int(probabilities[i].argmax())
-    return {
-        "image": test.pixels[i, 0].numpy(),
-        "cam": cams[i],
-        "mask": masks[i],
-        "title": f"{test.files[i].name[:28]}\ntrue {true} · pred "
-        f"{classes[predicted]} (p={probabilities[i, predicted]:.2f})",
-    }
-
-
-def write_overlays(
-    test: PixelSet,
-    cams: np.ndarray,
-    probabilities: np.ndarray,
-    masks: list[np.ndarray | None],
-    classes: tuple[str, ...],
-    cfg: GradcamConfig,
-) -> None:
-    """Per class and outcome: up to images_per_class overlays and their grid."""
-    labels = test.labels.numpy()
-    correct = probabilities.argmax(1) == labels
-    with atomic_dir(layout.GRADCAM_DIR) as out:
-        for k, name in enumerate(classes):
-            for outcome, wanted in zip(OUTCOMES, (True, False), strict=True):
-                chosen = np.flatnonzero((labels == k) & (correct == wanted))
-                panels = []
-                for i in chosen[: cfg.images_per_class]:
-                    panels.append(panel(test, i, cams, probabilities, masks, classes))
-                    figure = overlay_figure(
-                        panels[-1]["image"],
-                        panels[-1]["cam"],
-                        panels[-1]["title"],
-                        cfg.overlay_alpha,
-                        panels[-1]["mask"],
-                    )
-                    save_figure(figure, out / name / outcome / f"{test.files[i].stem}.png")
-                title = (
-                    f"{name}: {outcome}ly classified ({len(chosen)} of {int((labels == k).sum())})"
-                )
-                save_figure(
-                    gradcam_grid(panels, cfg.overlay_alpha, title), out / f"{name}_{outcome}.png"
-                )
 
 
 def main() -> None:
@@ -88,15 +31,26 @@ def main() -> None:
             model, card.arch, card.image_size, cfg.target_layer, cfg.min_map_size
         )
         with GradCAM(model, layer, cfg.method) as explainer:
+            # shown: the predicted class's map (what a reader sees); scored: the true class's
             shown_cams, probabilities = compute_cams(explainer, test.pixels, None, device)
             true_cams, _ = compute_cams(explainer, test.pixels, test.labels, device)
         labels = test.labels.numpy()
         masks = load_masks(layout.MASKS, list(test.files), card.image_size)
         report = localisation_report(true_cams, masks, labels, card.classes)
-        report["layer"] = path
-        report["method"] = cfg.method
+        report["layer"], report["method"] = path, cfg.method
         write_json(layout.GRADCAM_METRICS, report)
-        write_overlays(test, shown_cams, probabilities, masks, card.classes, cfg)
+        write_gradcam_overlays(
+            layout.GRADCAM_DIR,
+            test.pixels[:, 0].numpy(),
+            list(test.files),
+            labels,
+            shown_cams,
+            probabilities,
+            masks,
+            card.classes,
+            cfg.images_per_class,
+            cfg.overlay_alpha,
+        )
         run.log_metrics_file(layout.GRADCAM_METRICS, "gradcam")
         run.log_artifacts(layout.GRADCAM_DIR, "gradcam")
         overall = report["overall"]

@@ -1,4 +1,5 @@
-"""Figures for MLflow: every evaluation and Grad-CAM figure renders and saves as a PNG."""
+"""Figures for MLflow: every evaluation and Grad-CAM figure renders and saves as a PNG, and
+the Grad-CAM overlays land under their class and outcome."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from cxr.plots import (
     per_class_figure,
     reliability_figure,
     save_figure,
+    write_gradcam_overlays,
 )
 
 CLASSES = ("COVID", "Normal", "Viral Pneumonia")
@@ -68,3 +70,23 @@ def test_gradcam_grid_pairs_image_and_overlay_and_handles_no_images(tmp_path: Pa
     empty = saved_size(gradcam_grid([], 0.4, "none"), tmp_path / "none.png")
     assert three[1] > one[1]  # a second row of pairs
     assert empty == one
+
+
+def test_gradcam_overlays_go_under_class_and_outcome_capped_per_class(tmp_path: Path):
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    probabilities = np.eye(3)[[0, 0, 1, 1, 1, 0]]  # class 0: 2 right, 1 wrong; 2: 1 wrong
+    images = np.zeros((6, 32, 32), dtype=np.uint8)
+    cams = np.random.default_rng(0).random((6, 32, 32))
+    files = [Path(f"split/test/{CLASSES[k]}/img{i}.png") for i, k in enumerate(labels)]
+    masks = [None] * 6
+    out = tmp_path / "gradcam"
+    write_gradcam_overlays(out, images, files, labels, cams, probabilities, masks, CLASSES, 1, 0.4)
+    overlays = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*/*.png"))
+    assert overlays == [
+        "COVID/correct/img0.png",  # capped at one per class and outcome
+        "COVID/wrong/img2.png",
+        "Normal/correct/img3.png",
+        "Viral Pneumonia/wrong/img5.png",
+    ]
+    grids = sorted(p.name for p in out.glob("*.png"))
+    assert grids == sorted(f"{name}_{o}.png" for name in CLASSES for o in ("correct", "wrong"))

@@ -171,6 +171,8 @@ class TrainConfig:
     imbalance: Literal["none", "weighted_loss", "sampler"] = "none"
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     num_workers: int = Field(2, ge=0)
+    # CUDA: hold the uint8 training store in GPU memory when it takes <= 25 % of it
+    gpu_store: bool = True
     amp: bool = True  # CUDA only: bf16 where supported, else fp16 with a grad scaler
     channels_last: bool = True
     compile: bool = False  # torch.compile the model

@@ -15,7 +15,7 @@ AUGMENTED_TRAIN = AUGMENTED / "train"
 AUGMENTED_MANIFEST = AUGMENTED / "manifest.csv"
 
 MODEL = Path("models/model.pt")
-# Resume state of an interrupted train stage (a DVC `persist` output: kept across runs).
+# Resume state of an interrupted train stage; not a DVC output (see dvc.yaml), keyed instead.
 CHECKPOINT = Path("models/checkpoint/last.pt")
 
 METRICS = Path("metrics")

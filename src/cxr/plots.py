@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxr.fsio import atomic_file
+from cxr.fsio import atomic_dir, atomic_file
 
 # Fixed metadata so identical figures give identical PNG bytes.
 _PNG_METADATA = {"Software": None}
@@ -100,6 +100,48 @@ def gradcam_grid(panels: list[dict], alpha: float, title: str = "", pairs: int =
         axes[0, 0].text(0, 0.5, "no images", fontsize=12)
     figure.suptitle(title)
     return figure
+
+
+GRADCAM_OUTCOMES = ("correct", "wrong")
+
+
+def write_gradcam_overlays(
+    folder: Path,
+    images: np.ndarray,
+    files: list[Path],
+    labels: np.ndarray,
+    cams: np.ndarray,
+    probabilities: np.ndarray,
+    masks: list[np.ndarray | None],
+    classes: tuple[str, ...],
+    per_class: int,
+    alpha: float,
+) -> None:
+    """`folder`/<Class>/{correct,wrong}/<image>.png: up to `per_class` overlays of the
+    predicted class's map per class and outcome, and one grid of them each
+    (`folder`/<Class>_{correct,wrong}.png). `images` is (N, H, W) uint8."""
+    correct = probabilities.argmax(1) == labels
+    with atomic_dir(folder) as out:
+        for k, name in enumerate(classes):
+            for outcome, wanted in zip(GRADCAM_OUTCOMES, (True, False), strict=True):
+                chosen = np.flatnonzero((labels == k) & (correct == wanted))
+                panels = []
+                for i in chosen[:per_class]:
+                    predicted = int(probabilities[i].argmax())
+                    panel = {
+                        "image": images[i],
+                        "cam": cams[i],
+                        "mask": masks[i],
+                        "title": f"{files[i].name[:28]}\ntrue {name} · pred "
+                        f"{classes[predicted]} (p={probabilities[i, predicted]:.2f})",
+                    }
+                    panels.append(panel)
+                    figure = overlay_figure(
+                        panel["image"], panel["cam"], panel["title"], alpha, panel["mask"]
+                    )
+                    save_figure(figure, out / name / outcome / f"{files[i].stem}.png")
+                title = f"{name}: {outcome}ly classified ({len(chosen)} of {(labels == k).sum()})"
+                save_figure(gradcam_grid(panels, alpha, title), out / f"{name}_{outcome}.png")
 
 
 def curves_figure(curves: dict, x: str, y: str, title: str, diagonal: bool) -> Figure:

@@ -287,18 +287,24 @@ def make_trainer(
         precision=precision,
         loss_fn=loss_function(cfg, train.labels, num_classes).to(device),
         sampler=sampler,
-        loader=(
-            DeviceBatches(train, sampler, cfg.batch_size, device)
-            if fits_on_device(train, device)
-            else batch_loader(
-                train, sampler, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda"
-            )
-        ),
+        loader=train_batches(train, sampler, cfg, device),
         augment=BatchAugment(),
         normalize=Normalize().to(device),
         device=device,
         cfg=cfg,
         world=world,
+    )
+
+
+def train_batches(
+    train: PixelSet, sampler: EpochSampler, cfg: TrainConfig, device: torch.device
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches gathered on the GPU from a GPU-resident store when allowed and it fits, else by
+    DataLoader workers (pinned memory on CUDA)."""
+    if cfg.gpu_store and fits_on_device(train, device):
+        return DeviceBatches(train, sampler, cfg.batch_size, device)
+    return batch_loader(
+        train, sampler, cfg.batch_size, cfg.num_workers, pin_memory=device.type == "cuda"
     )
 
 
