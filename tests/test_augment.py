@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import PROJECT, tree_hashes
 from PIL import Image
 
 from cxr.augment import augment_train
 from cxr.config import AugmentConfig, DataConfig, SplitConfig, load_params
 from cxr.sources import fetch
 from cxr.split import split_dataset, split_of_files
-
-PROJECT = Path(__file__).resolve().parents[1]
-
-
-def tree(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture
@@ -69,11 +59,13 @@ def test_no_augmented_file_derives_from_val_or_test(split_dir: Path, tmp_path: P
     where = split_of_files(split_dir)
     assert {where[source] for source in extras["source"]} == {"train"}
     # By content too: no held-out image's bytes are among the sources used.
-    held_out = {digest for name, digest in tree(split_dir).items() if not name.startswith("train/")}
-    train = tree(split_dir / "train")
+    held_out = {
+        digest for name, digest in tree_hashes(split_dir).items() if not name.startswith("train/")
+    }
+    train = tree_hashes(split_dir / "train")
     assert not {train[source] for source in extras["source"]} & held_out
     # Every output file is in the manifest and vice versa.
-    assert set(tree(out / "train")) == set(manifest["file"])
+    assert set(tree_hashes(out / "train")) == set(manifest["file"])
 
 
 def test_target_count_and_ratio(split_dir: Path, tmp_path: Path) -> None:
@@ -92,6 +84,6 @@ def test_parallel_output_is_identical_to_serial(split_dir: Path, tmp_path: Path)
     ops = project_ops()
     augment_train(split_dir / "train", tmp_path / "serial", ops, workers=1)
     augment_train(split_dir / "train", tmp_path / "parallel", ops, workers=2)
-    serial, parallel = tree(tmp_path / "serial"), tree(tmp_path / "parallel")
+    serial, parallel = tree_hashes(tmp_path / "serial"), tree_hashes(tmp_path / "parallel")
     assert serial == parallel
     assert any("__aug" in name for name in serial)

@@ -13,21 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tree_hashes
 from PIL import Image
 
 from cxr.archives import ArchiveError
 from cxr.config import ArchiveConfig, DataConfig
 from cxr.images import BadImageError
 from cxr.sources import SourceError, fetch, kaggle_credentials_present
-
-
-def tree(folder: Path) -> dict[str, str]:
-    """Every file under `folder` with its sha256: proof that a source stayed untouched."""
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def xray(seed: int, size: int = 40) -> Image.Image:
@@ -64,7 +56,7 @@ def add_bad_files(class_dir: Path) -> None:
 def test_skip_lists_each_rejected_file_and_reason(tmp_path: Path) -> None:
     source = flat_source(tmp_path / "src")
     add_bad_files(source / "A")
-    before = tree(source)
+    before = tree_hashes(source)
     summary, data = run_fetch(DataConfig(source=str(source), on_bad_image="skip"), tmp_path)
     rejected = pd.read_csv(data / "rejected.csv").set_index("source")
     assert sorted(rejected.index) == ["A/text.png", "A/truncated.png", "A/zero.png"]
@@ -73,26 +65,26 @@ def test_skip_lists_each_rejected_file_and_reason(tmp_path: Path) -> None:
     assert "not a readable image" in rejected.loc["A/text.png", "reason"]
     assert summary["rejected"] == 3 and summary["images"] == 6
     assert sorted(p.name for p in (data / "raw" / "A").iterdir()) == ["A0.png", "A1.png", "A2.png"]
-    assert tree(source) == before
+    assert tree_hashes(source) == before
 
 
 def test_fail_stops_naming_the_file_and_the_switch(tmp_path: Path) -> None:
     source = flat_source(tmp_path / "src")
     (source / "B" / "zero.png").write_bytes(b"")
-    before = tree(source)
+    before = tree_hashes(source)
     with pytest.raises(BadImageError, match=r"B/zero.png: empty file.*data.on_bad_image: skip"):
         run_fetch(DataConfig(source=str(source)), tmp_path)
-    assert tree(source) == before
+    assert tree_hashes(source) == before
     assert not (tmp_path / "project" / "data" / "raw").exists()  # atomic: nothing half-done
 
 
 def test_empty_class_folder_is_named(tmp_path: Path) -> None:
     source = flat_source(tmp_path / "src")
     (source / "Empty").mkdir()
-    before = tree(source)
+    before = tree_hashes(source)
     with pytest.raises(SourceError, match=r"Empty: class folder holds no images"):
         run_fetch(DataConfig(source=str(source)), tmp_path)
-    assert tree(source) == before
+    assert tree_hashes(source) == before
 
 
 def test_nested_archive_with_aliases_is_normalised(tmp_path: Path) -> None:
@@ -171,7 +163,7 @@ def test_real_download_fetches_verifies_and_normalises(
                     )
             expected_masks[class_dir.name] = sum(image.name in mask_names for image in images)
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
-    before = tree(real_data)
+    before = tree_hashes(real_data)
 
     cfg = DataConfig(source=f"{base}/cxr3.zip", archive=ArchiveConfig(sha256=sha))
     summary, data = run_fetch(cfg, tmp_path)
@@ -188,7 +180,7 @@ def test_real_download_fetches_verifies_and_normalises(
             mask = np.asarray(Image.open(data / "masks" / row.mask))
             assert set(np.unique(mask)) <= {0, 255}
             assert mask.shape == (row.height, row.width)
-    assert tree(real_data) == before
+    assert tree_hashes(real_data) == before
 
 
 def test_wrong_sha256_for_real_archive_leaves_nothing(
