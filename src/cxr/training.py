@@ -13,7 +13,6 @@ and the best weights so far are saved atomically after every epoch.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -380,7 +379,8 @@ def validate(trainer: Trainer, val: PixelSet) -> tuple[float, float, float]:
 
 
 def _snapshot(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return copy.deepcopy({k: v.detach().cpu() for k, v in module_state.items()})
+    """A CPU copy that later training steps cannot change (one copy, from any device)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module_state.items()}
 
 
 def _restore(trainer: Trainer, state: TrainState) -> None:
@@ -397,12 +397,13 @@ def _record(trainer: Trainer, state: TrainState, stats: EpochStats) -> None:
     cfg = trainer.cfg
     state.epoch = stats.epoch
     state.history.append(stats)
+    state.model = _snapshot(trainer.core.state_dict())
     if stats.val_loss < state.best_loss:
+        # shared, not copied again: a later epoch replaces state.model, never mutates it
         state.best_epoch, state.best_loss = stats.epoch, stats.val_loss
-        state.best_state = _snapshot(trainer.core.state_dict())
+        state.best_state = state.model
     patience = cfg.early_stopping_patience
     state.stopped = bool(patience) and stats.epoch - state.best_epoch >= patience
-    state.model = _snapshot(trainer.core.state_dict())
     state.optimizer = trainer.optimizer.state_dict()
     state.scheduler = trainer.scheduler.state_dict() if trainer.scheduler is not None else {}
     state.scaler = trainer.scaler.state_dict() if trainer.precision.scaled else {}
