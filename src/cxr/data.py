@@ -282,8 +282,6 @@ class BatchAugment:
         return (images + brightness.view(-1, 1, 1, 1).to(device)).clamp_(0.0, 1.0)
 
 
-def batch_indices(
-    n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
-) -> Iterator[torch.Tensor]:
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    yield from order.split(batch_size)
+def batch_indices(n: int, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """Consecutive index batches over n items, in order (inference: evaluation, Grad-CAM)."""
+    return torch.arange(n).split(batch_size)

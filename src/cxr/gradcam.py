@@ -187,7 +187,7 @@ def compute_cams(
 
     normalize = Normalize().to(device)
     cams, probabilities = [], []
-    for index in batch_indices(len(pixels), batch_size, shuffle=False):
+    for index in batch_indices(len(pixels), batch_size):
         inputs = normalize(pixels[index].to(device))
         target = None if class_index is None else class_index[index]
         cam, prob = explainer(inputs, target)

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cxr.errors import CxrError
@@ -42,14 +41,6 @@ class Prediction:
         }
 
 
-def load_pixels(path: Path, size: int) -> torch.Tensor:
-    """(1, 1, size, size) uint8, exactly as evaluation loads a test image."""
-    from cxr.data import preprocess
-    from cxr.images import read_gray8
-
-    return torch.from_numpy(np.stack([preprocess(read_gray8(path), size)])[:, None])
-
-
 def cam_path(out: Path, image: Path, several: bool) -> Path:
     """OUT.png for one image; OUT_<image stem>.png for each of several."""
     return out.with_name(f"{out.stem}_{image.stem}{out.suffix}") if several else out
@@ -64,7 +55,7 @@ def predict_files(
     method: str = "gradcam",
 ) -> list[Prediction]:
     """Score every file; unreadable ones become a Prediction with `error` set."""
-    from cxr.data import Normalize
+    from cxr.data import Normalize, load_pixels  # evaluation's decode and resize
     from cxr.images import BadImageError
     from cxr.models import load_checkpoint
 
@@ -75,7 +66,7 @@ def predict_files(
     results = []
     for path in paths:
         try:
-            pixels = load_pixels(Path(path), card.image_size)
+            pixels = load_pixels((Path(path),), card.image_size)
         except (BadImageError, OSError) as err:
             results.append(Prediction(str(path), error=str(err)))
             continue

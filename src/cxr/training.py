@@ -361,7 +361,7 @@ def predict_logits(
     normalize = Normalize().to(device)
     outputs = [
         model(normalize(pixels[index].to(device))).float().cpu()
-        for index in batch_indices(len(pixels), batch_size, shuffle=False)
+        for index in batch_indices(len(pixels), batch_size)
     ]
     return torch.cat(outputs)
 
