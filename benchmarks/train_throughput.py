@@ -93,7 +93,7 @@ def ours(
     train = cached_split(data, cfg.image_size)
     built = time.perf_counter() - start
     model = build_model(cfg.model, len(train.classes))
-    trainer = make_trainer(model, train, cfg, 1e-4, device, World())
+    trainer = make_trainer(model, train, train, cfg, 1e-4, device, World())
     train_one_epoch(trainer, 0)  # warm-up: worker start, allocator, cuDNN autotuning
     epochs = iter(range(1, 1_000_000))
     feed = (

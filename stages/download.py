@@ -18,11 +18,13 @@ def main() -> None:
             layout.MASKS,
             layout.MANIFEST,
             layout.REJECTED,
+            layout.METADATA,
         )
         write_json(layout.DOWNLOAD_METRICS, summary)
         run.log_metrics_file(layout.DOWNLOAD_METRICS, "download")
         run.log_artifact(layout.MANIFEST, "data")
         run.log_artifact(layout.REJECTED, "data")
+        run.log_artifact(layout.METADATA, "data")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,13 @@ The same plots go to the MLflow run as figures.
 from cxr import layout
 from cxr.config import load_params
 from cxr.errors import run_stage
-from cxr.evaluation import evaluate_model, evaluation_figures, summary_line, write_evaluation
+from cxr.evaluation import (
+    baseline_line,
+    evaluate_model,
+    evaluation_figures,
+    summary_line,
+    write_evaluation,
+)
 from cxr.models import load_checkpoint
 from cxr.tracking import pipeline_run
 from cxr.training import select_device
@@ -29,7 +35,10 @@ def main() -> None:
             run.log_artifacts(folder, f"evaluation/{folder.name}")
         for name, figure in evaluation_figures(result).items():
             run.log_figure(figure, f"plots/{name}")
+        verdict = result.report["baselines"]["model_minus_majority"]["verdict"]
+        run.set_tags({"cxr.vs_majority_baseline": verdict})
         print(summary_line(result))
+        print(baseline_line(result.report))
 
 
 if __name__ == "__main__":

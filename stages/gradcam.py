@@ -32,8 +32,10 @@ def main() -> None:
         )
         with GradCAM(model, layer, cfg.method) as explainer:
             # shown: the predicted class's map (what a reader sees); scored: the true class's
-            shown_cams, probabilities = compute_cams(explainer, test.pixels, None, device)
-            true_cams, _ = compute_cams(explainer, test.pixels, test.labels, device)
+            shown_cams, probabilities = compute_cams(
+                explainer, test.pixels, None, device, card.arch
+            )
+            true_cams, _ = compute_cams(explainer, test.pixels, test.labels, device, card.arch)
         labels = test.labels.numpy()
         masks = load_masks(layout.MASKS, list(test.files), card.image_size)
         report = localisation_report(true_cams, masks, labels, card.classes)

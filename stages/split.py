@@ -12,7 +12,12 @@ def main() -> None:
     params = load_params()
     with pipeline_run("split", params) as run:
         summary = split_dataset(
-            layout.RAW, layout.MANIFEST, layout.SPLIT, params.split, layout.CLASS_DISTRIBUTION
+            layout.RAW,
+            layout.MANIFEST,
+            layout.METADATA,
+            layout.SPLIT,
+            params.split,
+            layout.CLASS_DISTRIBUTION,
         )
         write_json(layout.DATA_METRICS, summary)
         run.log_metrics_file(layout.DATA_METRICS, "data")

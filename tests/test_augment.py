@@ -35,12 +35,14 @@ def split_dir(tmp_path: Path) -> Path:
         data / "masks",
         data / "manifest.csv",
         data / "rejected.csv",
+        data / "metadata.csv",
     )
     split_dataset(
         data / "raw",
         data / "manifest.csv",
+        data / "metadata.csv",
         data / "split",
-        SplitConfig(ratio=(0.6, 0.2, 0.2), seed=3),
+        SplitConfig(ratio=(0.6, 0.2, 0.2), seed=3, group_by=""),
     )
     return data / "split"
 

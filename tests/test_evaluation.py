@@ -29,9 +29,11 @@ def make_split_folders(root: Path, size: int, per_class: int) -> None:
     from cxr.images import save_png
     from cxr.synthetic import draw_phantom
 
-    for split_index, split in enumerate(("val", "test")):
+    for split_index, split in enumerate(("val", "test", "train")):
         for class_index, name in enumerate(CLASSES):
-            for n in range(per_class):
+            # train: the first class the largest, so the majority baseline has one answer
+            count = per_class + (2 if split == "train" and class_index == 0 else 0)
+            for n in range(count):
                 seed = 1000 * split_index + 100 * class_index + n
                 image, mask = draw_phantom(name, size, seed)
                 for folder, picture in (
@@ -56,7 +58,8 @@ def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params.write_text(
         params.read_text().replace("bootstrap_resamples: 1000", "bootstrap_resamples: 50")
     )
-    run([sys.executable, "stages/evaluate.py"], project_copy)
+    done = run([sys.executable, "stages/evaluate.py"], project_copy)
+    (project_copy / "evaluate.log").write_text(done.stdout)
     run([sys.executable, "stages/gradcam.py"], project_copy)
     return project_copy
 
@@ -67,7 +70,7 @@ def test_evaluate_stage_outputs_recompute_from_predictions_file(evaluated_projec
     frame = pd.read_csv(root / "plots/predictions.csv")
     assert len(frame) == report["test_images"] == 18
     recomputed = metrics_from_predictions(frame, 50, 0.95, 0)
-    assert recomputed == {k: v for k, v in report.items() if k != "calibration"}
+    assert recomputed == {k: v for k, v in report.items() if k not in ("calibration", "baselines")}
     y_true, probabilities, _ = read_predictions(frame)
     calibration = report["calibration"]
     assert calibration_summary(y_true, probabilities, 15) == calibration["uncalibrated"]
@@ -138,3 +141,17 @@ def test_evaluate_model_without_temperature_scaling_never_reads_val(tmp_path: Pa
         "per_class.png",
     }
     assert all(figure.axes for figure in figures.values())
+
+
+def test_evaluation_reports_and_prints_the_majority_baseline(evaluated_project: Path) -> None:
+    report = json.loads((evaluated_project / "metrics/eval.json").read_text())
+    baselines = report["baselines"]
+    assert baselines["majority"]["class"] == CLASSES[0]  # the train split's largest class
+    assert baselines["majority"]["accuracy"] == pytest.approx(1 / len(CLASSES), abs=1e-6)
+    verdict = baselines["model_minus_majority"]["verdict"]
+    assert verdict in ("beats", "inconclusive", "loses")
+    line = next(
+        x for x in (evaluated_project / "evaluate.log").read_text().splitlines() if "baseline" in x
+    )
+    assert f"always {CLASSES[0]}" in line
+    assert line.startswith("WARNING") == (verdict != "beats")  # an untrained model is flagged

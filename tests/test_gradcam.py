@@ -15,10 +15,10 @@ from cxr.models import MODEL_SPECS, build_model
 from cxr.synthetic import draw_phantom
 
 
-def phantom_batch(size: int, n: int = 2) -> torch.Tensor:
+def phantom_batch(size: int, n: int = 2, arch: str = "resnet18") -> torch.Tensor:
     """Normalised chest-like phantoms (structured input, not noise)."""
     pixels = [np.asarray(draw_phantom("COVID", size, seed)[0]) for seed in range(n)]
-    return Normalize()(torch.from_numpy(np.stack(pixels)[:, None]))
+    return Normalize(arch)(torch.from_numpy(np.stack(pixels)[:, None]))
 
 
 @pytest.mark.parametrize("arch", sorted(MODEL_SPECS))

@@ -116,3 +116,53 @@ def test_predictions_frame_recomputes_metrics_after_a_csv_round_trip(tmp_path: P
     files = [f"{CLASSES[k]}/img{i}.png" for i, k in enumerate(y_true)]
     predictions_frame(files, y_true, probabilities, CLASSES).to_csv(tmp_path / "p.csv", index=False)
     assert metrics_from_predictions(pd.read_csv(tmp_path / "p.csv"), 200, 0.95, 0) == report
+
+
+def test_majority_baseline_against_hand_worked_values_and_verdicts() -> None:
+    from sklearn.metrics import f1_score
+
+    from cxr.metrics import baseline_report
+
+    train_labels = np.array([0] * 30 + [1] * 10 + [2] * 5)  # class A is the train majority
+    y_true = np.array([0] * 12 + [1] * 6 + [2] * 4)
+    perfect = np.eye(3)[y_true] * 0.9 + 0.1 / 3
+    report = baseline_report(y_true, perfect, train_labels, CLASSES, resamples=300, seed=1)
+    majority = report["majority"]
+    assert majority["class"] == "A"
+    assert majority["accuracy"] == pytest.approx(12 / 22, abs=1e-6)
+    assert majority["balanced_accuracy"] == pytest.approx(1 / 3, abs=1e-6)
+    always_a = np.zeros_like(y_true)
+    expected_f1 = f1_score(y_true, always_a, labels=[0, 1, 2], average="macro", zero_division=0)
+    assert majority["macro_f1"] == pytest.approx(expected_f1, abs=1e-6)
+    difference = report["model_minus_majority"]["balanced_accuracy"]
+    assert difference["difference"] == pytest.approx(1 - 1 / 3, abs=1e-6)
+    assert difference["low"] > 0 and report["model_minus_majority"]["verdict"] == "beats"
+    # the stratified baseline draws at the train shares: balanced accuracy near chance
+    assert 0 <= report["stratified"]["balanced_accuracy"] <= 1
+    assert report["stratified"]["balanced_accuracy_ci"]["low"] <= 1 / 3 + 0.2
+    # a model that always answers the majority class is flagged
+    constant = np.tile([0.8, 0.1, 0.1], (len(y_true), 1))
+    flagged = baseline_report(y_true, constant, train_labels, CLASSES, resamples=100)
+    assert flagged["model_minus_majority"]["balanced_accuracy"]["difference"] == 0
+    assert flagged["model_minus_majority"]["verdict"] == "loses"
+
+
+def test_paired_bootstrap_difference_is_the_resampled_gap() -> None:
+    from cxr.metrics import paired_bootstrap_difference
+
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 3, 80)
+    a = np.eye(3)[np.where(rng.random(80) < 0.7, y_true, (y_true + 1) % 3)]
+    b = np.eye(3)[np.where(rng.random(80) < 0.5, y_true, (y_true + 1) % 3)]
+
+    def accuracy(t: np.ndarray, p: np.ndarray) -> float:
+        return float((p.argmax(1) == t).mean())
+
+    result = paired_bootstrap_difference(y_true, a, b, accuracy, 500, 0.95, 3)
+    assert result["difference"] == pytest.approx(accuracy(y_true, a) - accuracy(y_true, b))
+    assert result["low"] <= result["difference"] <= result["high"]
+    # recomputed independently: the same seeded draws, both models on each
+    draws = np.random.default_rng(3).integers(0, 80, size=(500, 80))
+    gaps = [accuracy(y_true[i], a[i]) - accuracy(y_true[i], b[i]) for i in draws]
+    assert result["low"] == pytest.approx(np.quantile(gaps, 0.025), abs=1e-6)
+    assert result["high"] == pytest.approx(np.quantile(gaps, 0.975), abs=1e-6)

@@ -82,7 +82,7 @@ def test_probabilities_equal_the_evaluation_path(checkpoint: Path, real_images):
     model, card = load_checkpoint(checkpoint)
     with torch.no_grad():
         logits = predict_logits(
-            model, load_pixels(files, card.image_size, 1), 8, torch.device("cpu")
+            model, card.arch, load_pixels(files, card.image_size, 1), 8, torch.device("cpu")
         )
     expected = logits.softmax(1).numpy()
     got = np.array([[r.probabilities[c] for c in CLASSES] for r in results])

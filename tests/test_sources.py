@@ -41,7 +41,13 @@ def run_fetch(cfg: DataConfig, root: Path) -> tuple[dict, Path]:
     data = out / "data"
     data.mkdir(exist_ok=True)
     summary = fetch(
-        cfg, root, data / "raw", data / "masks", data / "manifest.csv", data / "rejected.csv"
+        cfg,
+        root,
+        data / "raw",
+        data / "masks",
+        data / "manifest.csv",
+        data / "rejected.csv",
+        data / "metadata.csv",
     )
     return summary, data
 
@@ -98,7 +104,8 @@ def test_nested_archive_with_aliases_is_normalised(tmp_path: Path) -> None:
     assert summary["source_kind"] == "archive"
     assert summary["classes"] == {"A": 3, "Pneumonia": 3}
     manifest = pd.read_csv(data / "manifest.csv")
-    assert manifest["source"].iloc[-1] == "Top_Folder/Viral Pneumonia/Viral Pneumonia2.png"
+    # paths below the dataset root: the same whatever folder the archive wraps it in
+    assert manifest["source"].iloc[-1] == "Viral Pneumonia/Viral Pneumonia2.png"
     assert (data / "raw" / "Pneumonia" / "Viral Pneumonia2.png").is_file()
 
 
@@ -193,3 +200,42 @@ def test_wrong_sha256_for_real_archive_leaves_nothing(
         run_fetch(cfg, tmp_path)
     assert not (tmp_path / "project" / "data" / "raw").exists()
     assert list((tmp_path / "project" / "data").iterdir()) == []
+
+
+def kaggle_source_with_metadata(folder: Path) -> Path:
+    for c, name in enumerate(("COVID", "Normal")):
+        (folder / name / "images").mkdir(parents=True)
+        for i in range(3):
+            xray(10 * c + i).save(folder / name / "images" / f"{name}-{i}.png")
+    rows = [
+        {"file": f"{name}/images/{name}-{i}.png", "patient": f"p{i // 2}", "source": "site-x"}
+        for name in ("COVID", "Normal")
+        for i in range(3)
+        if (name, i) != ("Normal", 2)  # one image the metadata does not know
+    ]
+    rows.append({"file": "COVID/images/gone.png", "patient": "p9", "source": "site-x"})
+    pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
+    return folder
+
+
+def test_source_metadata_is_joined_to_the_ingested_images(tmp_path: Path) -> None:
+    source = kaggle_source_with_metadata(tmp_path / "src")
+    summary, data = run_fetch(DataConfig(source=str(source)), tmp_path)
+    metadata = pd.read_csv(data / "metadata.csv", dtype=str, keep_default_na=False)
+    manifest = pd.read_csv(data / "manifest.csv")
+    assert list(metadata["file"]) == list(manifest["file"])  # one row per ingested image
+    row = metadata.set_index("file")
+    assert row.loc["COVID/COVID-1.png", "patient"] == "p0"
+    assert row.loc["COVID/COVID-1.png", "source"] == "site-x"  # its own columns, not ours
+    assert row.loc["COVID/COVID-1.png", "source_file"] == "COVID/images/COVID-1.png"
+    assert row.loc["Normal/Normal-2.png", "patient"] == ""  # unknown to the metadata: blank
+    assert summary["metadata"]["images_with_metadata"] == 5
+    assert "patient" in summary["metadata"]["columns"]
+
+
+def test_metadata_without_a_file_column_is_named(tmp_path: Path) -> None:
+    source = kaggle_source_with_metadata(tmp_path / "src")
+    pd.DataFrame({"image": ["x"], "patient": ["p"]}).to_csv(source / "manifest.csv", index=False)
+    with pytest.raises(SourceError, match=r"manifest.csv \(data.metadata\): no 'file' column"):
+        run_fetch(DataConfig(source=str(source)), tmp_path)
+    assert not (tmp_path / "project" / "data" / "raw").exists()  # checked before any image

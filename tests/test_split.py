@@ -42,6 +42,7 @@ def ingest(source: Path, project: Path) -> Path:
         data / "masks",
         data / "manifest.csv",
         data / "rejected.csv",
+        data / "metadata.csv",
     )
     return data
 
@@ -64,9 +65,14 @@ def assert_no_group_straddles(data: Path, split_dir: Path, max_distance: int | N
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_duplicate_groups_stay_in_one_split(tmp_path: Path, seed: int) -> None:
     data = ingest(source_with_duplicates(tmp_path / "src"), tmp_path / "p")
-    cfg = SplitConfig(ratio=(0.5, 0.25, 0.25), seed=seed, near_duplicate_distance=24)
+    cfg = SplitConfig(ratio=(0.5, 0.25, 0.25), seed=seed, near_duplicate_distance=24, group_by="")
     metrics = split_dataset(
-        data / "raw", data / "manifest.csv", data / "split", cfg, tmp_path / "dist.csv"
+        data / "raw",
+        data / "manifest.csv",
+        data / "metadata.csv",
+        data / "split",
+        cfg,
+        tmp_path / "dist.csv",
     )
     dup = metrics["duplicates"]
     # A00 + its copy + its brighter copy; A01 + its copy filed under B.
@@ -83,38 +89,100 @@ def test_duplicate_groups_stay_in_one_split(tmp_path: Path, seed: int) -> None:
 
 def test_near_duplicates_off_keeps_only_exact_groups(tmp_path: Path) -> None:
     data = ingest(source_with_duplicates(tmp_path / "src"), tmp_path / "p")
-    cfg = SplitConfig(ratio=(0.5, 0.25, 0.25), near_duplicate_distance=None)
-    dup = split_dataset(data / "raw", data / "manifest.csv", data / "split", cfg)["duplicates"]
+    cfg = SplitConfig(ratio=(0.5, 0.25, 0.25), near_duplicate_distance=None, group_by="")
+    dup = split_dataset(
+        data / "raw", data / "manifest.csv", data / "metadata.csv", data / "split", cfg
+    )["duplicates"]
     assert dup["near_groups"] == 0 and dup["files_in_groups"] == 4
 
 
 def test_fixed_mode_takes_that_many_per_class(tmp_path: Path) -> None:
     data = ingest(source_with_duplicates(tmp_path / "src"), tmp_path / "p")
-    cfg = SplitConfig(mode="fixed", fixed=(3, 2), near_duplicate_distance=None)
-    first = split_dataset(data / "raw", data / "manifest.csv", data / "split", cfg)
+    cfg = SplitConfig(mode="fixed", fixed=(3, 2), near_duplicate_distance=None, group_by="")
+    first = split_dataset(
+        data / "raw", data / "manifest.csv", data / "metadata.csv", data / "split", cfg
+    )
     # B's cross-class copy may move; every other unit is one file in class B.
     assert first["splits"]["test"]["B"] >= 2 and first["splits"]["val"]["B"] >= 3
     assert first["totals"]["val"] + first["totals"]["test"] >= 10
-    again = split_dataset(data / "raw", data / "manifest.csv", tmp_path / "again", cfg)
+    again = split_dataset(
+        data / "raw", data / "manifest.csv", data / "metadata.csv", tmp_path / "again", cfg
+    )
     assert again == first  # seeded: same params, same split
     assert split_of_files(tmp_path / "again") == split_of_files(data / "split")
 
 
 def test_fixed_mode_with_too_few_images_names_the_key(tmp_path: Path) -> None:
     data = ingest(source_with_duplicates(tmp_path / "src"), tmp_path / "p")
-    cfg = SplitConfig(mode="fixed", fixed=(60, 60))
+    cfg = SplitConfig(mode="fixed", fixed=(60, 60), group_by="")
     with pytest.raises(SplitError, match=r"split\.fixed: class 'A' has 14 images; \[60, 60\]"):
-        split_dataset(data / "raw", data / "manifest.csv", data / "split", cfg)
+        split_dataset(
+            data / "raw", data / "manifest.csv", data / "metadata.csv", data / "split", cfg
+        )
     assert not (data / "split").exists()
 
 
 def test_real_sample_groups_never_span_splits(real_data: Path, tmp_path: Path) -> None:
+    """cxr3 with its patient column: no patient and no duplicate group in two splits, and
+    every class split close to the requested shares."""
     data = ingest(real_data, tmp_path / "p")
-    cfg = SplitConfig(near_duplicate_distance=24)
-    metrics = split_dataset(data / "raw", data / "manifest.csv", data / "split", cfg)
+    cfg = SplitConfig(near_duplicate_distance=24, group_by="patient")
+    metrics = split_dataset(
+        data / "raw", data / "manifest.csv", data / "metadata.csv", data / "split", cfg
+    )
     checked = assert_no_group_straddles(data, data / "split", 24)
     assert metrics["duplicates"]["groups"] == checked
     manifest = pd.read_csv(data / "manifest.csv")
     assert sum(metrics["totals"].values()) == len(manifest)
-    for split, per_class in metrics["splits"].items():
-        assert set(per_class) == set(manifest["class"]), split
+    # patients, read from the source's own manifest (not from our metadata copy)
+    source = pd.read_csv(real_data / "manifest.csv", dtype=str, keep_default_na=False)
+    patient_of = dict(zip(source["file"], source["patient"], strict=True))
+    where = pd.Series(split_of_files(data / "split"))
+    patients = manifest.assign(
+        patient=[patient_of[s] for s in manifest["source"]],
+        split=where.loc[manifest["file"]].to_numpy(),
+    )
+    per_patient = patients.groupby("patient")["split"].nunique()
+    assert (per_patient == 1).all(), per_patient[per_patient > 1]
+    groups = metrics["groups"]
+    assert groups["patient_values"] == source["patient"].nunique() == 312
+    assert groups["largest_unit"] >= patients.groupby("patient").size().max() == 7
+    for name, count in manifest["class"].value_counts().items():
+        for split, share in zip(("train", "val", "test"), cfg.ratio, strict=True):
+            got = metrics["splits"][split][name] / count
+            # whole patients move together: within 8 points of the share, or 3 images
+            assert abs(got - share) <= max(0.08, 3 / count), (name, split, got, share)
+
+
+def test_group_by_without_metadata_or_column_names_the_key(tmp_path: Path) -> None:
+    data = ingest(source_with_duplicates(tmp_path / "src"), tmp_path / "p")
+    args = (data / "raw", data / "manifest.csv", data / "metadata.csv", data / "split")
+    with pytest.raises(SplitError, match=r"split.group_by: 'patient', but the source has no"):
+        split_dataset(*args, SplitConfig(group_by="patient"))
+    metadata = pd.read_csv(data / "metadata.csv")
+    metadata.assign(site="x").to_csv(data / "metadata.csv", index=False)
+    with pytest.raises(SplitError, match=r"no column 'patient'.*\['site'\]"):
+        split_dataset(*args, SplitConfig(group_by="patient"))
+    assert not (data / "split").exists()
+
+
+def test_patient_groups_merge_with_duplicate_groups(tmp_path: Path) -> None:
+    """Images of one patient, and a patient's image duplicated under another patient, all
+    land in one split together."""
+    data = ingest(source_with_duplicates(tmp_path / "src"), tmp_path / "p")
+    metadata = pd.read_csv(data / "metadata.csv")
+    files = list(metadata["file"])
+    patients = {f: f"p{i}" for i, f in enumerate(files)}
+    patients["A/A02.png"] = patients["A/A03.png"] = patients["B/B00.png"] = "shared"
+    patients["A/A00.png"] = patients["A/A04.png"]  # A00's duplicates join A04 through it
+    metadata.assign(patient=[patients[f] for f in files]).to_csv(data / "metadata.csv", index=False)
+    for seed in range(4):
+        out = tmp_path / f"split{seed}"
+        cfg = SplitConfig(ratio=(0.5, 0.25, 0.25), seed=seed, group_by="patient")
+        metrics = split_dataset(
+            data / "raw", data / "manifest.csv", data / "metadata.csv", out, cfg
+        )
+        where = split_of_files(out)
+        assert where["A/A02.png"] == where["A/A03.png"] == where["B/B00.png"]
+        assert where["A/A00.png"] == where["A/A04.png"] == where["A/copy_of_A00.png"]
+        assert metrics["groups"]["by"] == "patient"

@@ -16,7 +16,7 @@ import torch
 from cxr.config import TrainConfig
 from cxr.data import PixelSet
 from cxr.models import build_model
-from cxr.training import fit, load_state
+from cxr.training import SELECTION, EpochStats, fit, load_state, warmup_cosine
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_project import make_project, run_train, stage_env, train_command
@@ -32,7 +32,15 @@ def tiny_set(n: int = 12, size: int = 32, seed: int = 0) -> PixelSet:
 
 
 def tiny_cfg(**overrides) -> TrainConfig:
-    base = {"image_size": 32, "epochs": 1, "batch_size": 4, "num_workers": 0, "device": "cpu"}
+    base = {
+        "model": "resnet18",
+        "weights": "none",
+        "image_size": 32,
+        "epochs": 1,
+        "batch_size": 4,
+        "num_workers": 0,
+        "device": "cpu",
+    }
     return TrainConfig(**{**base, **overrides})
 
 
@@ -115,7 +123,7 @@ def load_state_key(path: Path) -> str:
 
 
 def test_killed_training_resumes_to_the_same_result(tmp_path: Path) -> None:
-    train = {"epochs": 4, "model": "resnet18", "scheduler": "step", "step_size": 2}
+    train = {"epochs": 4}  # the default recipe: pretrained lite0, per-step warm-up + cosine
     straight = make_project(tmp_path / "straight", per_class=4, **train)
     killed = make_project(tmp_path / "killed", per_class=4, **train)
     run_train(straight)
@@ -139,3 +147,61 @@ def test_checkpoint_of_other_params_is_not_resumed(tmp_path: Path) -> None:
     log = run_train(root)
     assert "resuming" not in log
     assert "starting fresh" in log
+
+
+def stats(epoch: int, val_loss: float, balanced: float, f1: float = 0.5) -> EpochStats:
+    return EpochStats(epoch, 0.1, 0.9, val_loss, 0.8, balanced, f1, 1e-3, 10.0)
+
+
+def test_selection_rules_pick_their_epoch_and_break_ties_by_val_loss() -> None:
+    history = [
+        stats(1, 0.50, 0.60),
+        stats(2, 0.40, 0.70),
+        stats(3, 0.30, 0.70),
+        stats(4, 0.20, 0.50),
+    ]
+
+    def best(rule: str) -> int:
+        return max(history, key=SELECTION[rule]).epoch
+
+    assert best("val_loss") == 4
+    assert best("val_balanced_accuracy") == 3  # 2 and 3 tie at 0.70: the lower val loss wins
+    assert best("last") == 4
+
+
+def test_warmup_cosine_rises_linearly_then_decays_to_zero() -> None:
+    factor = warmup_cosine(total_steps=100, warmup_steps=10)
+    assert [factor(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    after = [factor(s) for s in range(10, 101)]
+    assert after[0] == pytest.approx(1.0) and after[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(after, after[1:], strict=False))  # never rises again
+    assert factor(55) == pytest.approx(0.5)  # half way through the decay
+
+
+def test_cosine_schedule_steps_per_batch_and_history_records_it() -> None:
+    torch.manual_seed(0)
+    cfg = tiny_cfg(epochs=3, scheduler="cosine", warmup_epochs=1, batch_size=4)
+    result = fit(build_model("resnet18", 3), tiny_set(), tiny_set(6, seed=1), cfg, 1e-2, CPU)
+    lrs = [s.lr for s in result.history]
+    steps = 3  # 12 images in batches of 4
+    factor = warmup_cosine(3 * steps, steps)
+    # the lr of each epoch's last optimizer step
+    assert lrs == pytest.approx([1e-2 * factor(e * steps - 1) for e in (1, 2, 3)])
+    assert lrs[0] == pytest.approx(1e-2)  # warm-up ends at the peak, not below it
+
+
+def test_head_training_on_cached_features_equals_the_loop() -> None:
+    """Frozen backbone, no random augmentation: training the head on features computed once
+    gives the same head as running the backbone every step."""
+    from cxr.config import BatchAugmentConfig
+
+    cfg = tiny_cfg(epochs=3, finetune="head", batch_augment=BatchAugmentConfig(enabled=False))
+    heads = []
+    for cached in (True, False):
+        torch.manual_seed(0)
+        model = build_model("resnet18", 3)
+        result = fit(model, tiny_set(), tiny_set(6, seed=1), cfg, 1e-2, CPU, feature_cache=cached)
+        heads.append((model.fc.weight.detach().clone(), [s.val_loss for s in result.history]))
+    (w_cached, loss_cached), (w_loop, loss_loop) = heads
+    assert torch.allclose(w_cached, w_loop, atol=1e-5)
+    assert loss_cached == pytest.approx(loss_loop, abs=1e-5)

@@ -84,6 +84,8 @@ def target_count(counts: dict[str, int], target: str | int | float) -> int:
     largest = max(counts.values())
     if target == "majority":
         return largest
+    if target == "none":  # no oversampling: the train split as it is
+        return 0
     if isinstance(target, float):
         return max(1, round(largest * target))
     return int(target)

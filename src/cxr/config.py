@@ -68,6 +68,10 @@ class DataConfig:
     extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
     on_bad_image: Literal["fail", "skip"] = "fail"
     class_aliases: dict[str, str] = Field(default_factory=dict)  # folder name -> class name
+    # A CSV at the source's root with one row per image (its `file` column: the image's path
+    # in the source, e.g. COVID/images/x.png) and any other columns, such as the patient; read
+    # when the source has it and copied to data/metadata.csv for split.group_by.
+    metadata: str = "manifest.csv"
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
 
     @field_validator("source")
@@ -94,6 +98,9 @@ class SplitConfig:
     seed: int = 1337
     # Perceptual-hash bits (of 256) within which two images are near-duplicates; None: off.
     near_duplicate_distance: int | None = Field(24, ge=0, le=128)
+    # A column of the source's metadata CSV (data.metadata) whose images must share a split,
+    # e.g. the patient: one person's images in train and test would leak. "" splits by image.
+    group_by: str = "patient"
 
     @field_validator("ratio")
     @classmethod
@@ -131,8 +138,9 @@ class AugmentOp:
 @dataclass(config=_STRICT)
 class AugmentConfig:
     # Minority classes are oversampled up to: `majority` (the largest class), an integer
-    # count, or a float fraction of the largest class. Classes above the target are kept whole.
-    target: Literal["majority"] | int | float = "majority"
+    # count, or a float fraction of the largest class; `none` oversamples nothing (imbalance is
+    # then left to train.imbalance). Classes above the target are kept whole.
+    target: Literal["majority", "none"] | int | float = "majority"
     seed: int = 42
     operations: tuple[AugmentOp, ...] = ()
 
@@ -147,28 +155,54 @@ class AugmentConfig:
 
 
 @dataclass(config=_STRICT)
+class BatchAugmentConfig:
+    """Random jitter applied to every training batch on the training device."""
+
+    enabled: bool = True
+    rotation_deg: float = Field(7.0, ge=0.0, le=180.0)  # up to ± this many degrees
+    shift: float = Field(0.05, ge=0.0, lt=0.5)  # up to ± this fraction of the side
+    scale: tuple[float, float] = (0.92, 1.08)  # zoom factor range
+    intensity: float = Field(0.1, ge=0.0, lt=1.0)  # brightness and contrast, ± fraction
+
+    @field_validator("scale")
+    @classmethod
+    def _ordered_positive(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"must be [min, max] with 0 < min <= max, got {list(value)}")
+        return value
+
+
+@dataclass(config=_STRICT)
 class TrainConfig:
-    model: str = "resnet18"
-    # torchvision weights enum member (`DEFAULT`, `IMAGENET1K_V1`, ...) or `none` (from scratch).
-    weights: str = "none"
+    model: str = "efficientnet_lite0"
+    # `none` (from scratch), `DEFAULT` or a torchvision weights name (`IMAGENET1K_V1`, ...), or a
+    # local .pth/.pt/.safetensors file (see cxr.models).
+    weights: str = "DEFAULT"
     image_size: int = Field(64, ge=32, le=1024)
     epochs: int = Field(4, ge=1)
     batch_size: int = Field(32, ge=1)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    weight_decay: float = Field(0.0, ge=0.0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(0.01, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    scheduler: Literal["none", "step", "cosine", "plateau"] = "step"
+    scheduler: Literal["none", "step", "cosine", "plateau"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0.0)  # cosine: linear warm-up before the decay
     step_size: int = Field(3, ge=1)
     gamma: float = Field(0.1, gt=0.0, le=1.0)  # step and plateau: the lr factor
     plateau_patience: int = Field(1, ge=0)  # plateau: epochs without a val-loss gain
-    early_stopping_patience: int = Field(0, ge=0)  # 0 keeps every epoch
+    # The epoch whose weights are kept: best val loss, balanced accuracy or macro-F1 (ties: lower
+    # val loss), or simply the last one.
+    select_by: Literal["val_loss", "val_balanced_accuracy", "val_macro_f1", "last"] = (
+        "val_balanced_accuracy"
+    )
+    early_stopping_patience: int = Field(0, ge=0)  # epochs without a better select_by; 0: off
     # full: train everything; head: frozen backbone; unfreeze: head only for unfreeze_after
     # epochs, then everything.
     finetune: Literal["full", "head", "unfreeze"] = "full"
     unfreeze_after: int = Field(1, ge=1)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     # none | weighted_loss (inverse class frequency) | sampler (WeightedRandomSampler-style draws)
-    imbalance: Literal["none", "weighted_loss", "sampler"] = "none"
+    imbalance: Literal["none", "weighted_loss", "sampler"] = "weighted_loss"
+    batch_augment: BatchAugmentConfig = Field(default_factory=BatchAugmentConfig)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     num_workers: int = Field(2, ge=0)
     # CUDA: hold the uint8 training store in GPU memory when it takes <= 25 % of it
@@ -190,9 +224,18 @@ class TrainConfig:
     @classmethod
     def _weights_exist_for_model(cls, value: str, info: ValidationInfo) -> str:
         model = info.data.get("model")  # absent when the model name itself was rejected
-        if value != "none" and model is not None:
+        if model is not None:
             check_weights_name(model, value)
         return value
+
+    @model_validator(mode="after")
+    def _warmup_within_training(self) -> TrainConfig:
+        if self.scheduler == "cosine" and self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"train.warmup_epochs ({self.warmup_epochs:g}) must not exceed train.epochs "
+                f"({self.epochs}): the lr would never reach its peak"
+            )
+        return self
 
     @field_validator("image_size")
     @classmethod
@@ -266,7 +309,9 @@ def _describe(errors: list[dict[str, Any]], source: str) -> str:
         unknown = error["type"] in {"extra_forbidden", "unexpected_keyword_argument"}
         if unknown:
             message = "unknown key (a typo?); see the params reference in the README"
-        elif not error["type"].startswith("missing"):
+        elif not error["type"].startswith("missing") and not isinstance(
+            error.get("input"), dict
+        ):  # a whole section's input says nothing the message does not
             message = f"{message} (got {error.get('input')!r})"
         if message not in messages.setdefault(key, []):
             messages[key].append(message)

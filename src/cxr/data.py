@@ -12,9 +12,10 @@ single definition used by training, evaluation, Grad-CAM and `predict`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,8 +27,11 @@ from cxr import cache
 from cxr.errors import DataError
 from cxr.fsio import sorted_dirs, sorted_files
 from cxr.images import read_gray8
-from cxr.models import IMAGENET_MEAN, IMAGENET_STD
+from cxr.models import MODEL_SPECS
 from cxr.parallel import ordered_map
+
+if TYPE_CHECKING:
+    from cxr.config import BatchAugmentConfig
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,9 @@ class DeviceBatches:
         self.sampler = sampler
         self.batch_size = batch_size
 
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.tensor(list(self.sampler), dtype=torch.int64).to(self.pixels.device)
         for rows in order.split(self.batch_size):
@@ -230,12 +237,14 @@ def fits_on_device(data: PixelSet, device: torch.device, share: float = 0.25) ->
 
 
 class Normalize(torch.nn.Module):
-    """uint8 (N, 1, H, W) → float (N, 3, H, W) with ImageNet statistics (see cxr.models)."""
+    """uint8 (N, 1, H, W) → float (N, 3, H, W) with the input statistics of `arch`'s pretrained
+    weights (`ModelSpec.mean`/`std`, see cxr.models)."""
 
-    def __init__(self) -> None:
+    def __init__(self, arch: str) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        spec = MODEL_SPECS[arch]
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         gray = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
@@ -244,12 +253,22 @@ class Normalize(torch.nn.Module):
 
 @dataclass(frozen=True)
 class BatchAugment:
-    """Light, per-sample geometric and intensity jitter applied to a batch on its device."""
+    """Light, per-sample geometric and intensity jitter applied to a batch on its device
+    (strengths from params.yaml `train.batch_augment`)."""
 
     max_rotation_deg: float = 7.0
     max_shift: float = 0.05  # fraction of the image side
     scale_range: tuple[float, float] = (0.92, 1.08)
     intensity_jitter: float = 0.1  # brightness and contrast, as a fraction
+
+    @classmethod
+    def from_config(
+        cls, cfg: BatchAugmentConfig
+    ) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+        """The configured jitter, or the identity when `enabled` is off."""
+        if not cfg.enabled:
+            return lambda pixels, generator: pixels
+        return cls(cfg.rotation_deg, cfg.shift, tuple(cfg.scale), cfg.intensity)
 
     def __call__(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 (N, 1, H, W) → float in [0, 1], same shape."""

@@ -81,3 +81,15 @@ def group_labels(
         exact_sets.setdefault(label, set()).add(exact)
     near = {label for label, parts in exact_sets.items() if len(parts) > 1}
     return labels, near
+
+
+def merge_by_key(labels: Sequence[int], keys: Sequence[str]) -> list[int]:
+    """`labels` with every group joined to the groups of images sharing a non-empty key (the
+    patient): the connected components of both kinds of link, labelled by smallest index."""
+    uf = _UnionFind(len(labels))
+    first_of: dict[str, int] = {}
+    for index, (label, key) in enumerate(zip(labels, keys, strict=True)):
+        uf.union(label, index)
+        if key:
+            uf.union(first_of.setdefault(key, index), index)
+    return [uf.find(i) for i in range(len(labels))]

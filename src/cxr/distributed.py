@@ -18,6 +18,8 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from cxr.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -48,6 +50,14 @@ def world_from_env() -> World:
 def device_for(world: World, device: torch.device) -> torch.device:
     """One GPU per local rank; CPU and MPS are shared."""
     if device.type == "cuda" and world.distributed:
+        gpus = torch.cuda.device_count()
+        if world.local_rank >= gpus:
+            # NCCL refuses two ranks on one GPU: say so before anything is loaded
+            raise ConfigError(
+                f"torchrun started more processes on this machine than it has GPUs ({gpus}): "
+                f"local rank {world.local_rank} has none. Use --nproc_per_node {gpus}, or "
+                "train.device: cpu for CPU processes."
+            )
         torch.cuda.set_device(world.local_rank)
         return torch.device("cuda", world.local_rank)
     return device

@@ -27,9 +27,10 @@ from cxr.calibration import (
     scale_probabilities,
 )
 from cxr.config import EvaluateConfig
-from cxr.data import PixelSet, load_split
+from cxr.data import PixelSet, index_folder, load_split
 from cxr.fsio import atomic_dir, write_csv, write_json
 from cxr.metrics import (
+    baseline_report,
     classification_metrics,
     confusion,
     curve_frames,
@@ -61,7 +62,7 @@ def split_logits(
 ) -> tuple[PixelSet, np.ndarray]:
     """A split's pixels and the model's float64 logits for it."""
     data = load_split(folder, card.image_size, card.classes)
-    logits = predict_logits(model, data.pixels, batch_size, device).numpy()
+    logits = predict_logits(model, card.arch, data.pixels, batch_size, device).numpy()
     return data, logits.astype(np.float64)
 
 
@@ -99,6 +100,17 @@ def evaluate_model(
     y_true = test.labels.numpy()
     report = classification_metrics(
         y_true, probabilities, card.classes, cfg.bootstrap_resamples, cfg.confidence, cfg.seed
+    )
+    # the baselines know the train split's labels only (its class shares), never the test's
+    train_labels = np.array(index_folder(split_root / "train", card.classes).labels)
+    report["baselines"] = baseline_report(
+        y_true,
+        probabilities,
+        train_labels,
+        card.classes,
+        cfg.bootstrap_resamples,
+        cfg.confidence,
+        cfg.seed,
     )
     val_logits = val_labels = None
     if cfg.temperature_scaling:
@@ -152,15 +164,45 @@ def evaluation_figures(result: Evaluation) -> dict[str, Figure]:
     }
 
 
+def _interval(ci: dict) -> str:
+    low, high = ci.get("low"), ci.get("high")
+    return "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
+
+
 def summary_line(result: Evaluation) -> str:
-    """One line for the console: accuracy with its interval, macro-F1, calibration."""
+    """One line for the console: accuracy and balanced accuracy with their intervals,
+    macro-F1, calibration."""
     report = result.report
-    ci, cal = report["accuracy_ci"], report["calibration"]
+    cal = report["calibration"]
     after = cal.get("temperature_scaled", {}).get("ece")
     return (
-        f"evaluate: test accuracy {report['accuracy']:.3f} "
-        f"[{ci.get('low') or float('nan'):.3f}, {ci.get('high') or float('nan'):.3f}], "
+        f"evaluate: test accuracy {report['accuracy']:.3f}{_interval(report['accuracy_ci'])}, "
+        f"balanced accuracy {report['balanced_accuracy']:.3f}"
+        f"{_interval(report['balanced_accuracy_ci'])}, "
         f"macro-F1 {report['macro']['f1']:.3f}, ECE {cal['uncalibrated']['ece']:.3f}"
         + (f" → {after:.3f} (T={cal['temperature']:.2f})" if after is not None else "")
         + f" on {len(result.y_true)} images"
     )
+
+
+VERDICTS = {
+    "beats": "beats",
+    "inconclusive": "is NOT shown to beat",
+    "loses": "does NOT beat",
+}
+
+
+def baseline_line(report: dict) -> str:
+    """Whether the model beats always answering the train split's largest class, judged by
+    balanced accuracy (plain accuracy rewards a constant on imbalanced data)."""
+    majority = report["baselines"]["majority"]
+    difference = report["baselines"]["model_minus_majority"]["balanced_accuracy"]
+    verdict = report["baselines"]["model_minus_majority"]["verdict"]
+    line = (
+        f"evaluate: the model {VERDICTS[verdict]} the majority baseline (always "
+        f"{majority['class']}): balanced accuracy {report['balanced_accuracy']:.3f} vs "
+        f"{majority['balanced_accuracy']:.3f}, difference {difference['difference']:+.3f}"
+        f"{_interval(difference)}; accuracy {report['accuracy']:.3f} vs "
+        f"{majority['accuracy']:.3f}"
+    )
+    return line if verdict == "beats" else "WARNING: " + line

@@ -180,12 +180,13 @@ def compute_cams(
     pixels: torch.Tensor,
     class_index: torch.Tensor | None,
     device: torch.device,
+    arch: str,
     batch_size: int = 32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps (N, S, S) and probabilities (N, C) for a uint8 pixel store, in batches."""
     from cxr.data import Normalize, batch_indices
 
-    normalize = Normalize().to(device)
+    normalize = Normalize(arch).to(device)
     cams, probabilities = [], []
     for index in batch_indices(len(pixels), batch_size):
         inputs = normalize(pixels[index].to(device))

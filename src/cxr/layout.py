@@ -8,6 +8,7 @@ from pathlib import Path
 RAW = Path("data/raw")  # <Class>/<name>.png, 8-bit grayscale
 MASKS = Path("data/masks")  # <Class>/<name>.png, same name as the image; may be empty
 MANIFEST = Path("data/manifest.csv")
+METADATA = Path("data/metadata.csv")  # file + the source's metadata columns (e.g. patient)
 REJECTED = Path("data/rejected.csv")  # source, class, reason of each image left out
 SPLIT = Path("data/split")  # {train,val,test}/<Class>/<name>.png
 AUGMENTED = Path("data/augmented")  # train/<Class>/..., manifest.csv

@@ -14,15 +14,16 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
+from sklearn.dummy import DummyClassifier
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
-    balanced_accuracy_score,
     cohen_kappa_score,
     confusion_matrix,
     f1_score,
     precision_recall_curve,
     precision_recall_fscore_support,
+    recall_score,
     roc_auc_score,
     roc_curve,
 )
@@ -118,6 +119,31 @@ def bootstrap_ci(
     return {"low": _r(low), "high": _r(high), "resamples": int(values.size)}
 
 
+def paired_bootstrap_difference(
+    y_true: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    metric: MetricFn,
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> dict[str, float | int | None]:
+    """metric(a) - metric(b) on the test images, with a paired percentile bootstrap interval:
+    both are scored on the same resampled images, so what the two share cancels out."""
+    difference = metric(y_true, scores_a) - metric(y_true, scores_b)
+    result: dict[str, float | int | None] = {"difference": _r(difference)}
+    if resamples == 0:
+        return result
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(y_true), size=(resamples, len(y_true)))
+    values = np.array(
+        [metric(y_true[i], scores_a[i]) - metric(y_true[i], scores_b[i]) for i in draws]
+    )
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return {**result, "low": _r(low), "high": _r(high), "resamples": resamples}
+
+
 def _averages(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -185,6 +211,9 @@ def classification_metrics(
     def macro(t: np.ndarray, p: np.ndarray) -> float:
         return macro_f1(t, p.argmax(1), n_classes)
 
+    def balanced(t: np.ndarray, p: np.ndarray) -> float:
+        return balanced_accuracy(t, p.argmax(1))
+
     def ci(metric: MetricFn) -> dict:
         return bootstrap_ci(y_true, probabilities, metric, resamples, confidence, seed)
 
@@ -193,7 +222,8 @@ def classification_metrics(
         "test_images": len(y_true),
         "accuracy": _r(accuracy_score(y_true, y_pred)),
         "accuracy_ci": ci(acc),
-        "balanced_accuracy": _r(balanced_accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": _r(balanced_accuracy(y_true, y_pred)),
+        "balanced_accuracy_ci": ci(balanced),
         "cohen_kappa": _r(cohen_kappa_score(y_true, y_pred, labels=labels)),
         **averages,
         "macro_f1_ci": ci(macro),
@@ -212,6 +242,91 @@ def classification_metrics(
             for k, name in enumerate(classes)
         },
     }
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean recall over the classes present in `y_true`: scikit-learn's balanced accuracy,
+    without its warning when a prediction names a class the (resampled) truth lacks."""
+    present = np.unique(y_true)
+    return float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
+
+
+# Constant or chance predictors a model must beat, fitted on the train split's labels only.
+BASELINES = {
+    "majority": "most_frequent",  # always the train split's largest class
+    "stratified": "stratified",  # random draws at the train split's class shares (seeded)
+}
+HEADLINE: dict[str, Callable[[np.ndarray, np.ndarray, int], float]] = {
+    "accuracy": lambda t, p, k: float(accuracy_score(t, p.argmax(1))),
+    "balanced_accuracy": lambda t, p, k: balanced_accuracy(t, p.argmax(1)),
+    "macro_f1": lambda t, p, k: macro_f1(t, p.argmax(1), k),
+}
+
+
+def baseline_probabilities(
+    train_labels: np.ndarray, n_test: int, n_classes: int, strategy: str, seed: int
+) -> np.ndarray:
+    """(n_test, n_classes) predictions of scikit-learn's DummyClassifier fitted on the train
+    labels; features play no part in it."""
+    dummy = DummyClassifier(strategy=strategy, random_state=seed)
+    dummy.fit(np.zeros((len(train_labels), 1)), train_labels)
+    probabilities = np.zeros((n_test, n_classes))
+    probabilities[:, dummy.classes_] = dummy.predict_proba(np.zeros((n_test, 1)))
+    return probabilities
+
+
+def baseline_report(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    train_labels: np.ndarray,
+    classes: tuple[str, ...],
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """The baselines' accuracy, balanced accuracy and macro-F1 (balanced accuracy with its
+    interval), and the model minus the majority baseline with paired bootstrap intervals.
+
+    `verdict`: `beats` when the interval of the balanced-accuracy difference lies above 0,
+    `loses` when the model's balanced accuracy is not above the baseline's, else `inconclusive`.
+    """
+    n_classes = len(classes)
+    report: dict = {}
+    scores = {}
+    for name, strategy in BASELINES.items():
+        scores[name] = baseline_probabilities(train_labels, len(y_true), n_classes, strategy, seed)
+        values = {key: _r(fn(y_true, scores[name], n_classes)) for key, fn in HEADLINE.items()}
+        balanced_ci = bootstrap_ci(
+            y_true,
+            scores[name],
+            lambda t, p: balanced_accuracy(t, p.argmax(1)),
+            resamples,
+            confidence,
+            seed,
+        )
+        report[name] = {**values, "balanced_accuracy_ci": balanced_ci}
+    report["majority"]["class"] = classes[int(np.bincount(train_labels).argmax())]
+    differences = {
+        key: paired_bootstrap_difference(
+            y_true,
+            probabilities,
+            scores["majority"],
+            lambda t, p, fn=fn: fn(t, p, n_classes),
+            resamples,
+            confidence,
+            seed,
+        )
+        for key, fn in HEADLINE.items()
+    }
+    balanced = differences["balanced_accuracy"]
+    if (balanced["difference"] or 0.0) <= 0:
+        verdict = "loses"
+    elif balanced.get("low") is not None and balanced["low"] > 0:
+        verdict = "beats"
+    else:
+        verdict = "inconclusive"
+    report["model_minus_majority"] = {**differences, "verdict": verdict}
+    return report
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:

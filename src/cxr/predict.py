@@ -62,7 +62,7 @@ def predict_files(
     model, card = load_checkpoint(model_path, "cpu")
     if label is not None and label not in card.classes:
         raise CxrError(f"--label {label!r}: the model's classes are {list(card.classes)}")
-    normalize = Normalize()
+    normalize = Normalize(card.arch)
     results = []
     for path in paths:
         try:
@@ -101,7 +101,7 @@ def write_cam(
 
     _, module = choose_layer(model, arch, pixels.shape[-1], layer)
     with GradCAM(model, module, method) as explainer:
-        cam, probs = explainer(Normalize()(pixels), torch.tensor([target]))
+        cam, probs = explainer(Normalize(arch)(pixels), torch.tensor([target]))
     title = f"Grad-CAM: {classes[target]} (p={float(probs[0, target]):.2f})"
     save_figure(overlay_figure(pixels[0, 0].numpy(), cam[0].numpy(), title, 0.45), out)
 

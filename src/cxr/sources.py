@@ -334,10 +334,11 @@ def ingest(
     """Decode, convert and write every image (and mask) of `folder`.
 
     Returns the manifest and the rejected files (source, class, reason); with
-    `data.on_bad_image: fail`, any rejected file is an error instead.
+    `data.on_bad_image: fail`, any rejected file is an error instead. The manifest's `source`
+    is each image's path below the dataset root (what a metadata CSV names it by).
     """
     classes = detect_layout(folder, cfg.extensions, dict(cfg.class_aliases))
-    items = _plan(classes, cfg.extensions, folder, raw, masks)
+    items = _plan(classes, cfg.extensions, dataset_root(folder, cfg.extensions), raw, masks)
     results = ordered_map(_ingest_one, items, workers)
     rejected = pd.DataFrame([r for r in results if "reason" in r], columns=REJECTED_COLUMNS)
     _check_rejects(rejected, cfg.on_bad_image)
@@ -345,15 +346,58 @@ def ingest(
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), rejected
 
 
+METADATA_KEY = "file"  # the metadata CSV's column naming each image's path in the source
+
+
+def read_metadata(folder: Path, cfg: DataConfig) -> pd.DataFrame | None:
+    """The source's metadata CSV (`data.metadata`, at the dataset root), or None without one."""
+    if not cfg.metadata:
+        return None
+    path = dataset_root(folder, cfg.extensions) / cfg.metadata
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if METADATA_KEY not in frame.columns:
+        raise SourceError(
+            f"{path} (data.metadata): no {METADATA_KEY!r} column naming each image's path in "
+            f"the source (e.g. COVID/images/x.png); its columns are {list(frame.columns)}."
+        )
+    if frame[METADATA_KEY].duplicated().any():
+        twice = frame.loc[frame[METADATA_KEY].duplicated(), METADATA_KEY].iloc[0]
+        raise SourceError(f"{path} (data.metadata): {twice} is listed more than once.")
+    return frame
+
+
+def metadata_frame(manifest: pd.DataFrame, metadata: pd.DataFrame | None) -> pd.DataFrame:
+    """data/metadata.csv: each ingested image (`file`, as in the manifest) with the source
+    metadata of its row (the source's own `file` renamed `source_file`); blank where none."""
+    if metadata is None:
+        return pd.DataFrame({"file": manifest["file"]})
+    rows = metadata.set_index(METADATA_KEY).reindex(manifest["source"])
+    frame = rows.reset_index(names="source_file").fillna("")
+    frame.loc[~manifest["source"].isin(metadata[METADATA_KEY]).to_numpy(), "source_file"] = ""
+    frame.insert(0, "file", manifest["file"].to_numpy())
+    return frame
+
+
 def fetch(
-    cfg: DataConfig, root: Path, raw: Path, masks: Path, manifest: Path, rejected_csv: Path
+    cfg: DataConfig,
+    root: Path,
+    raw: Path,
+    masks: Path,
+    manifest: Path,
+    rejected_csv: Path,
+    metadata_csv: Path,
 ) -> dict:
     """Run the download stage; return its summary metrics."""
     kind, opener = source_kind(cfg.source)
     with opener(cfg, root) as folder, atomic_dir(raw) as raw_tmp, atomic_dir(masks) as masks_tmp:
+        metadata = read_metadata(folder, cfg)  # checked before any image is decoded
         frame, rejected = ingest(folder, cfg, raw_tmp, masks_tmp)
+        meta = metadata_frame(frame, metadata)
         write_csv(manifest, frame)  # paths relative to the raw and masks folders
         write_csv(rejected_csv, rejected)
+        write_csv(metadata_csv, meta)
     per_class = frame.groupby("class").size()
     with_mask = frame[frame["mask"] != ""].groupby("class").size()
     return {
@@ -362,4 +406,11 @@ def fetch(
         "rejected": len(rejected),
         "classes": {name: int(per_class[name]) for name in per_class.index},
         "masks": {name: int(with_mask.get(name, 0)) for name in per_class.index},
+        "metadata": {
+            "file": cfg.metadata if metadata is not None else "",
+            "columns": [c for c in meta.columns if c not in ("file", "source_file")],
+            "images_with_metadata": int(
+                (meta.get("source_file", pd.Series(dtype=str)) != "").sum()
+            ),
+        },
     }

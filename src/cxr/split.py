@@ -1,11 +1,13 @@
-"""The split stage: train/val/test folders through split-folders, free of duplicate leakage.
+"""The split stage: train/val/test folders through split-folders, free of leakage.
 
 split-folders does the seeded, per-class (stratified) split. We hand it a grouping function so
-that each duplicate group — identical content (same sha256 in the manifest) or near-identical
-(perceptual hashes within `split.near_duplicate_distance` bits, see `cxr.dedupe`) — forms one
-unit that lands in a single split: a duplicate in train and test would inflate test scores.
+that each leakage group lands in a single split: images of one patient (`split.group_by`, a
+column of the source's metadata CSV), and duplicates — identical content (same sha256 in the
+manifest) or near-identical (perceptual hashes within `split.near_duplicate_distance` bits, see
+`cxr.dedupe`). One person (or one picture) in train and test would inflate test scores.
 split-folders splits each class on its own, so a group spanning two classes (the same image
-under two labels) is then moved whole into the split holding most of its members.
+under two labels, or a patient with images of two classes) is then moved whole into the split
+holding most of its members.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pandas as pd
 import splitfolders
 
 from cxr.config import SplitConfig
-from cxr.dedupe import group_labels
+from cxr.dedupe import group_labels, merge_by_key
 from cxr.errors import CxrError
 from cxr.fsio import atomic_dir, sorted_dirs, sorted_files, write_csv
 from cxr.links import link_tree
@@ -37,6 +39,49 @@ def duplicate_groups(
     the labels of groups that near-duplicate links made."""
     labels, near = group_labels(list(manifest["sha256"]), list(manifest["phash"]), max_distance)
     return pd.Series(labels, index=manifest["file"], name="group"), near
+
+
+def group_keys(manifest: pd.DataFrame, metadata: pd.DataFrame, column: str) -> list[str]:
+    """The `column` value of every manifest image ("" where the metadata has none)."""
+    if column not in metadata.columns:
+        available = [c for c in metadata.columns if c not in ("file", "source_file")]
+        if not available:
+            raise SplitError(
+                f"split.group_by: {column!r}, but the source has no metadata CSV (data.metadata "
+                "names it, at the source's root, with a `file` column of image paths). Add one "
+                "that names each image's patient, or set split.group_by: '' to split image by "
+                "image (then one patient's images can land in train and test)."
+            )
+        raise SplitError(
+            f"split.group_by: no column {column!r} in the source's metadata; it has {available}."
+        )
+    values = metadata.set_index("file")[column]
+    return [str(values.get(file, "")) for file in manifest["file"]]
+
+
+def leakage_groups(
+    manifest: pd.DataFrame, metadata: pd.DataFrame, duplicates: pd.Series, cfg: SplitConfig
+) -> tuple[pd.Series, dict[str, object]]:
+    """Duplicate groups merged with `split.group_by` groups (one unit per connected
+    component), and the grouping's summary."""
+    group_of = duplicates
+    summary: dict[str, object] = {"by": cfg.group_by}
+    if cfg.group_by:
+        keys = group_keys(manifest, metadata, cfg.group_by)
+        merged = merge_by_key(list(duplicates), keys)
+        group_of = pd.Series(merged, index=duplicates.index, name="group")
+        present = [key for key in keys if key]
+        summary[f"{cfg.group_by}_values"] = len(set(present))
+        summary["images_without_value"] = len(keys) - len(present)
+    sizes = group_of.value_counts()
+    summary.update(
+        {
+            "units": len(sizes),  # what split-folders places: groups and single images
+            "multi_image_units": int((sizes > 1).sum()),
+            "largest_unit": int(sizes.max()) if len(sizes) else 0,
+        }
+    )
+    return group_of, summary
 
 
 def duplicate_summary(
@@ -170,11 +215,18 @@ def distribution_rows(counts: dict[str, dict[str, int]]) -> pd.DataFrame:
 
 
 def split_dataset(
-    raw: Path, manifest_csv: Path, out: Path, cfg: SplitConfig, plot_csv: Path | None = None
+    raw: Path,
+    manifest_csv: Path,
+    metadata_csv: Path,
+    out: Path,
+    cfg: SplitConfig,
+    plot_csv: Path | None = None,
 ) -> dict:
     """Split `raw` into `out/{train,val,test}/<Class>`; return the split's metrics."""
     manifest = pd.read_csv(manifest_csv, keep_default_na=False, dtype={"phash": str})
-    group_of, near = duplicate_groups(manifest, cfg.near_duplicate_distance)
+    metadata = pd.read_csv(metadata_csv, keep_default_na=False, dtype=str)
+    duplicates, near = duplicate_groups(manifest, cfg.near_duplicate_distance)
+    group_of, grouping = leakage_groups(manifest, metadata, duplicates, cfg)
     with atomic_dir(out) as scratch:
         _run_splitfolders(raw, scratch, cfg, _grouper(group_of.to_dict()))
         moved = reunite_groups(scratch, group_of)
@@ -182,9 +234,9 @@ def split_dataset(
         _check_every_class_everywhere(counts, cfg)
     if plot_csv is not None:
         write_csv(plot_csv, distribution_rows(counts))
-    duplicates = duplicate_summary(manifest, group_of, near, cfg.near_duplicate_distance)
     return {
         "splits": counts,
         "totals": {split: sum(per_class.values()) for split, per_class in counts.items()},
-        "duplicates": {**duplicates, "files_moved_to_reunite_groups": moved},
+        "duplicates": duplicate_summary(manifest, duplicates, near, cfg.near_duplicate_distance),
+        "groups": {**grouping, "files_moved_to_reunite_groups": moved},
     }

@@ -10,7 +10,8 @@ heart and two dark lung fields, plus a class-specific finding with its lesion ma
 
 Class shares follow the COVID-19 Radiography Database (3616 / 6012 / 10192 / 1345 images).
 The output uses that database's layout, `<Class>/images/<Class>-<n>.png` and
-`<Class>/masks/<Class>-<n>.png`, so it goes through the same ingestion as real data.
+`<Class>/masks/<Class>-<n>.png`, with a `manifest.csv` naming a made-up patient for every
+two images, so it goes through the same ingestion (and patient-grouped split) as real data.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageFilter
 
 from cxr.images import save_png
@@ -189,6 +191,7 @@ def draw_phantom(class_name: str, size: int, seed: int) -> tuple[Image.Image, Im
 def generate(out_dir: Path, n_images: int, size: int, seed: int) -> dict[str, int]:
     """Write the sample in the Kaggle layout under out_dir; return the per-class counts."""
     counts = class_counts(n_images)
+    rows: list[dict[str, str]] = []
     for class_index, (class_name, count) in enumerate(counts.items()):
         images = out_dir / class_name / "images"
         masks = out_dir / class_name / "masks"
@@ -200,5 +203,13 @@ def generate(out_dir: Path, n_images: int, size: int, seed: int) -> dict[str, in
             picture, mask = draw_phantom(class_name, size, int(image_seed))
             save_png(picture, images / f"{class_name}-{number}.png")
             save_png(mask, masks / f"{class_name}-{number}.png")
+            rows.append(
+                {
+                    "file": f"{class_name}/images/{class_name}-{number}.png",
+                    # two images per (made-up) patient, so patient-grouped splits get exercised
+                    "patient": f"synthetic:{class_name}-{(number + 1) // 2}",
+                }
+            )
     (out_dir / "README.txt").write_text(README.format(seed=seed))
+    pd.DataFrame(rows).to_csv(out_dir / "manifest.csv", index=False)
     return counts

@@ -215,12 +215,13 @@ class PipelineRun:
             epoch = int(row.pop("epoch"))
             self.log_metrics(row, step=epoch)
 
-    def log_model(self, model: Any, pixels: Any, registered_name: str = "") -> None:
+    def log_model(self, model: Any, inputs: Any, registered_name: str = "") -> None:
         """The model via `mlflow.pytorch.log_model`, with a signature and an input example
-        made from `pixels` (uint8 images as the data path holds them), optionally registered."""
+        made from `inputs` (normalised images, as the model receives them), optionally
+        registered."""
         self._guard(
             "model (mlflow.pytorch.log_model)",
-            lambda: _log_pytorch_model(self.uri, self.run_id, model, pixels, registered_name),
+            lambda: _log_pytorch_model(self.uri, self.run_id, model, inputs, registered_name),
         )
 
     def report(self) -> None:
@@ -238,16 +239,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _log_pytorch_model(uri: str, run_id: str, model: Any, pixels: Any, registered: str) -> None:
+def _log_pytorch_model(uri: str, run_id: str, model: Any, inputs: Any, registered: str) -> None:
     import mlflow
     import mlflow.pytorch
     import torch
     import torchvision
     from mlflow.models import infer_signature
 
-    from cxr.data import Normalize
-
-    example = Normalize()(pixels.cpu()).numpy()  # what the model itself receives
+    example = inputs.detach().cpu().numpy()
     model = model.cpu().eval()
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -44,6 +45,7 @@ from cxr.data import (
 from cxr.distributed import World, all_sum, average_buffers
 from cxr.errors import ConfigError
 from cxr.fsio import atomic_file, sha256_file
+from cxr.metrics import balanced_accuracy
 from cxr.models import MODEL_SPECS
 
 
@@ -84,16 +86,41 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     ),
 }
 
-SCHEDULERS: dict[str, Callable[..., Any]] = {
-    "none": lambda optimizer, cfg: None,
-    "step": lambda optimizer, cfg: torch.optim.lr_scheduler.StepLR(
-        optimizer, step_size=cfg.step_size, gamma=cfg.gamma
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """lr factor at optimizer step `s`: linear warm-up to 1 over `warmup_steps`, then a cosine
+    decay to 0 at `total_steps` (a model that starts pretrained must not be shaken by a full
+    lr on its first, randomly-headed steps; the decay never cuts the lr before it is used)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _cosine(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int) -> Any:
+    warmup = round(cfg.warmup_epochs * steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.epochs * steps, warmup))
+
+
+# name -> (factory(optimizer, cfg, optimizer steps per epoch), stepped after every batch?)
+SCHEDULERS: dict[str, tuple[Callable[..., Any], bool]] = {
+    "none": (lambda optimizer, cfg, steps: None, False),
+    "step": (
+        lambda optimizer, cfg, steps: torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=cfg.step_size, gamma=cfg.gamma
+        ),
+        False,
     ),
-    "cosine": lambda optimizer, cfg: torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=cfg.epochs
-    ),
-    "plateau": lambda optimizer, cfg: torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=cfg.gamma, patience=cfg.plateau_patience
+    "cosine": (_cosine, True),
+    "plateau": (
+        lambda optimizer, cfg, steps: torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=cfg.gamma, patience=cfg.plateau_patience
+        ),
+        False,
     ),
 }
 
@@ -122,10 +149,14 @@ def freeze_batchnorm_stats(model: nn.Module, arch: str) -> None:
             module.eval()
 
 
-def step_scheduler(scheduler: Any, val_loss: float) -> None:
+def step_epoch_scheduler(trainer: Trainer, val_loss: float) -> None:
+    """End-of-epoch scheduler step (per-batch schedules were stepped in the loop)."""
+    scheduler = trainer.scheduler
+    if scheduler is None or trainer.per_batch_schedule:
+        return
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step(val_loss)
-    elif scheduler is not None:
+    else:
         scheduler.step()
 
 
@@ -174,12 +205,23 @@ class EpochStats:
     train_accuracy: float
     val_loss: float
     val_accuracy: float
+    val_balanced_accuracy: float
     val_macro_f1: float
-    lr: float
+    lr: float  # the lr of the epoch's last optimizer step
     images_per_second: float  # wall-clock throughput of the training pass
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+# train.select_by -> the epoch's score (higher is better). Ties go to the lower val loss: on a
+# small val split several epochs often share a balanced accuracy.
+SELECTION: dict[str, Callable[[EpochStats], tuple[float, ...]]] = {
+    "val_loss": lambda s: (-s.val_loss,),
+    "val_balanced_accuracy": lambda s: (s.val_balanced_accuracy, -s.val_loss),
+    "val_macro_f1": lambda s: (s.val_macro_f1, -s.val_loss),
+    "last": lambda s: (float(s.epoch),),
+}
 
 
 @dataclass
@@ -190,7 +232,6 @@ class TrainState:
     epoch: int = 0  # the last complete epoch
     history: list[EpochStats] = field(default_factory=list)
     best_epoch: int = 0
-    best_loss: float = float("inf")
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
     stopped: bool = False  # early stopping ended the run
     model: dict[str, Any] = field(default_factory=dict)
@@ -241,32 +282,79 @@ class Trainer:
     """The pieces of one training run, wired by `make_trainer`."""
 
     core: nn.Module  # the plain model: state dicts, head/backbone lookups
-    runner: nn.Module  # what is called in the loop: maybe compiled, maybe DDP-wrapped
+    runner: nn.Module  # what is called in the loop: maybe compiled, maybe DDP-wrapped, or the
+    # head alone when it trains on cached backbone features
     optimizer: torch.optim.Optimizer
     scheduler: Any
+    per_batch_schedule: bool  # scheduler stepped after every optimizer step
     scaler: torch.amp.GradScaler
     precision: Precision
     loss_fn: nn.Module
     sampler: EpochSampler
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]]  # DataLoader, or DeviceBatches
-    augment: BatchAugment
-    normalize: Normalize
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    normalize: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
     cfg: TrainConfig
     world: World
+    val_features: torch.Tensor | None = None  # cached-feature head training: the val split's
+
+
+def caches_features(cfg: TrainConfig) -> bool:
+    """Head-only training with no random augmentation sees the same backbone output for an
+    image every epoch: compute it once and train the head on it (same updates, epochs in
+    milliseconds). Dropout inside the frozen backbone is off (eval mode), as in the loop."""
+    return cfg.finetune == "head" and not cfg.batch_augment.enabled
+
+
+@torch.no_grad()
+def head_inputs(
+    model: nn.Module, arch: str, pixels: torch.Tensor, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """What the classifier head receives for each image (backbone in eval mode), on the CPU."""
+    head = model.get_submodule(MODEL_SPECS[arch].head)
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].cpu()))
+    try:
+        predict_logits(model, arch, pixels, batch_size, device)
+    finally:
+        handle.remove()
+    return torch.cat(captured).float()
+
+
+def _identity_augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return pixels
 
 
 def make_trainer(
     model: nn.Module,
     train: PixelSet,
+    val: PixelSet,
     cfg: TrainConfig,
     lr: float,
     device: torch.device,
     world: World,
+    feature_cache: bool | None = None,
 ) -> Trainer:
+    """Wire a training run; `feature_cache` None decides by `caches_features`."""
     num_classes = len(train.classes)
     model.to(device=device, memory_format=memory_format(cfg))
-    runner: nn.Module = torch.compile(model) if cfg.compile else model
+    weights = sample_weights(cfg, train.labels, num_classes)
+    sampler = EpochSampler(len(train), world.size, world.rank, cfg.seed, weights)
+    val_features = None
+    if caches_features(cfg) if feature_cache is None else feature_cache:
+        features = head_inputs(model, cfg.model, train.pixels, cfg.batch_size, device)
+        val_features = head_inputs(model, cfg.model, val.pixels, cfg.batch_size, device)
+        store = PixelSet(train.classes, train.files, features, train.labels, train.key)
+        runner: nn.Module = model.get_submodule(MODEL_SPECS[cfg.model].head)
+        loader: Iterable = DeviceBatches(store, sampler, cfg.batch_size, device)
+        augment: Callable = _identity_augment
+        normalize: Callable = nn.Identity()
+    else:
+        runner = torch.compile(model) if cfg.compile else model
+        loader = train_batches(train, sampler, cfg, device)
+        augment = BatchAugment.from_config(cfg.batch_augment)
+        normalize = Normalize(cfg.model).to(device)
     if world.distributed:
         ids = [device.index] if device.type == "cuda" else None
         # a frozen backbone leaves most parameters without gradients
@@ -275,23 +363,25 @@ def make_trainer(
         )
     optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), cfg, lr)
     precision = precision_for(device, cfg.amp)
-    weights = sample_weights(cfg, train.labels, num_classes)
-    sampler = EpochSampler(len(train), world.size, world.rank, cfg.seed, weights)
+    factory, per_batch = SCHEDULERS[cfg.scheduler]
+    steps = math.ceil(len(sampler) / cfg.batch_size)  # optimizer steps per epoch
     return Trainer(
         core=model,
         runner=runner,
         optimizer=optimizer,
-        scheduler=SCHEDULERS[cfg.scheduler](optimizer, cfg),
+        scheduler=factory(optimizer, cfg, steps),
+        per_batch_schedule=per_batch,
         scaler=torch.amp.GradScaler(device.type, enabled=precision.scaled),
         precision=precision,
         loss_fn=loss_function(cfg, train.labels, num_classes).to(device),
         sampler=sampler,
-        loader=train_batches(train, sampler, cfg, device),
-        augment=BatchAugment(),
-        normalize=Normalize().to(device),
+        loader=loader,
+        augment=augment,
+        normalize=normalize,
         device=device,
         cfg=cfg,
         world=world,
+        val_features=val_features,
     )
 
 
@@ -311,8 +401,13 @@ def memory_format(cfg: TrainConfig) -> torch.memory_format:
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
-def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float]:
-    """One pass over this rank's shard; loss and accuracy reduced over all ranks."""
+def _to_layout(inputs: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    return inputs.contiguous(memory_format=memory_format(cfg)) if inputs.dim() == 4 else inputs
+
+
+def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float, float]:
+    """One pass over this rank's shard: loss and accuracy (reduced over all ranks), images/s
+    and the lr of the last optimizer step."""
     t, cfg = trainer, trainer.cfg
     backbone_trains = REGIMES[cfg.finetune](cfg, epoch)
     set_backbone_trainable(t.core, cfg.model, backbone_trains)
@@ -326,15 +421,14 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float]:
     total_loss = torch.zeros((), device=t.device)
     correct = torch.zeros((), device=t.device, dtype=torch.int64)
     seen = 0
+    lr = t.optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     for pixels_cpu, labels_cpu in t.loader:
         if len(labels_cpu) < 2:  # BatchNorm cannot train on a single image
             continue
         pixels = pixels_cpu.to(t.device, non_blocking=True)
         labels = labels_cpu.to(t.device, non_blocking=True)
-        inputs = t.normalize(t.augment(pixels, generator)).contiguous(
-            memory_format=memory_format(cfg)
-        )
+        inputs = _to_layout(t.normalize(t.augment(pixels, generator)), cfg)
         t.optimizer.zero_grad(set_to_none=True)
         with t.precision.autocast(t.device):
             logits = t.runner(inputs)
@@ -342,6 +436,9 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float]:
         t.scaler.scale(loss).backward()
         t.scaler.step(t.optimizer)
         t.scaler.update()
+        lr = t.optimizer.param_groups[0]["lr"]
+        if t.per_batch_schedule:
+            t.scheduler.step()
         # sums stay on the device: an .item() per batch would stall a GPU's queue
         total_loss += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
@@ -349,16 +446,17 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float]:
     average_buffers(t.core)
     sums = all_sum([float(total_loss), float(correct), float(seen)], t.device)
     seconds = time.perf_counter() - start
-    return sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1), sums[2] / max(seconds, 1e-9)
+    speed = sums[2] / max(seconds, 1e-9)
+    return sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1), speed, lr
 
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, pixels: torch.Tensor, batch_size: int, device: torch.device
+    model: nn.Module, arch: str, pixels: torch.Tensor, batch_size: int, device: torch.device
 ) -> torch.Tensor:
     """Logits for every image, in order, on the CPU."""
     model.eval()
-    normalize = Normalize().to(device)
+    normalize = Normalize(arch).to(device)
     outputs = [
         model(normalize(pixels[index].to(device))).float().cpu()
         for index in batch_indices(len(pixels), batch_size)
@@ -366,16 +464,25 @@ def predict_logits(
     return torch.cat(outputs)
 
 
-def validate(trainer: Trainer, val: PixelSet) -> tuple[float, float, float]:
-    """Validation loss, accuracy and macro-F1. Every rank scores the whole split, so all
-    ranks agree on early stopping and the best epoch without communicating."""
+def validate(trainer: Trainer, val: PixelSet) -> tuple[float, float, float, float]:
+    """Validation loss, accuracy, balanced accuracy and macro-F1. Every rank scores the whole
+    split, so all ranks agree on early stopping and the best epoch without communicating."""
+    cfg = trainer.cfg
     with trainer.precision.autocast(trainer.device):
-        logits = predict_logits(trainer.core, val.pixels, trainer.cfg.batch_size, trainer.device)
+        if trainer.val_features is not None:
+            head = trainer.core.get_submodule(MODEL_SPECS[cfg.model].head).eval()
+            with torch.no_grad():
+                logits = head(trainer.val_features.to(trainer.device)).float().cpu()
+        else:
+            logits = predict_logits(
+                trainer.core, cfg.model, val.pixels, cfg.batch_size, trainer.device
+            )
     predicted, truth = logits.argmax(1).numpy(), val.labels.numpy()
-    labels = range(len(val.classes))
+    labels = list(range(len(val.classes)))
     f1 = f1_score(truth, predicted, average="macro", labels=labels, zero_division=0)
+    balanced = balanced_accuracy(truth, predicted)
     loss = float(nn.functional.cross_entropy(logits, val.labels))
-    return loss, float((predicted == truth).mean()), float(f1)
+    return loss, float((predicted == truth).mean()), float(balanced), float(f1)
 
 
 def _snapshot(module_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -398,9 +505,10 @@ def _record(trainer: Trainer, state: TrainState, stats: EpochStats) -> None:
     state.epoch = stats.epoch
     state.history.append(stats)
     state.model = _snapshot(trainer.core.state_dict())
-    if stats.val_loss < state.best_loss:
+    score = SELECTION[cfg.select_by]
+    if not state.best_epoch or score(stats) > score(state.history[state.best_epoch - 1]):
         # shared, not copied again: a later epoch replaces state.model, never mutates it
-        state.best_epoch, state.best_loss = stats.epoch, stats.val_loss
+        state.best_epoch = stats.epoch
         state.best_state = state.model
     patience = cfg.early_stopping_patience
     state.stopped = bool(patience) and stats.epoch - state.best_epoch >= patience
@@ -422,14 +530,16 @@ def fit(
     checkpoint: Path | None = None,
     key: str = "",
     world: World | None = None,
+    feature_cache: bool | None = None,
 ) -> FitResult:
-    """Train for cfg.epochs (or until early stopping); keep the lowest-val-loss weights.
+    """Train for cfg.epochs (or until early stopping); keep the weights of the best epoch by
+    `train.select_by`.
 
     With `checkpoint`, the state is saved there after every epoch (by rank 0 only) and a
     state saved under the same `key` is resumed from.
     """
     world = world or World()
-    trainer = make_trainer(model, train, cfg, lr, device, world)
+    trainer = make_trainer(model, train, val, cfg, lr, device, world, feature_cache)
     state = load_state(checkpoint, key)
     resumed_from = state.epoch
     if resumed_from:
@@ -438,11 +548,12 @@ def fit(
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if state.stopped:
             break
-        lr_now = trainer.optimizer.param_groups[0]["lr"]
-        train_loss, train_acc, speed = train_one_epoch(trainer, epoch)
-        val_loss, val_acc, val_f1 = validate(trainer, val)
-        stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, val_f1, lr_now, speed)
-        step_scheduler(trainer.scheduler, val_loss)
+        train_loss, train_acc, speed, lr_now = train_one_epoch(trainer, epoch)
+        val_loss, val_acc, val_bal, val_f1 = validate(trainer, val)
+        stats = EpochStats(
+            epoch, train_loss, train_acc, val_loss, val_acc, val_bal, val_f1, lr_now, speed
+        )
+        step_epoch_scheduler(trainer, val_loss)
         _record(trainer, state, stats)
         if checkpoint is not None and world.is_writer:
             save_state(checkpoint, state)
@@ -462,6 +573,7 @@ def summarize(result: FitResult, train_images: int, val_images: int) -> dict:
         "train_loss": round(best.train_loss, 6),
         "val_loss": round(best.val_loss, 6),
         "val_accuracy": round(best.val_accuracy, 6),
+        "val_balanced_accuracy": round(best.val_balanced_accuracy, 6),
         "val_macro_f1": round(best.val_macro_f1, 6),
     }
 

@@ -1,0 +1,193 @@
+"""Recipes on real X-rays: scratch against ImageNet-pretrained (head only, full, gradual
+unfreeze), with test accuracy, balanced accuracy and macro-F1 (95 % bootstrap intervals), the
+majority baseline, and the minutes each took on this machine's CPU.
+
+The data go through the pipeline's own download, split (patient-grouped) and augment code
+into a scratch folder; each recipe then runs the train stage's `fit` and the evaluate stage's
+metrics on the held-out test split, once per training seed (the split stays the same).
+
+    python benchmarks/real_recipes.py --data ../shared/data/cxr3            # every recipe
+    python benchmarks/real_recipes.py --data ../shared/data/cxr3 --only pretrained_full
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxr.augment import augment_train
+from cxr.config import Params, parse_params, read_params_file
+from cxr.data import cached_split, index_folder, load_split
+from cxr.metrics import baseline_report, classification_metrics
+from cxr.models import build_model, resolve_weights
+from cxr.sources import fetch
+from cxr.split import split_dataset
+from cxr.training import fit, predict_logits, seed_everything
+
+# The README's real-data recipe is `pretrained_full`; every other row changes what its name
+# says. Keys are params.yaml keys, as `dvc exp run -S` takes them.
+RECIPE = {
+    "augment.target": "none",
+    "train.image_size": 224,
+    "train.epochs": 8,
+    "lr": 0.001,
+}
+RECIPES: dict[str, dict[str, Any]] = {
+    "scratch_resnet18_64px_old_default": {
+        "augment.target": "majority",
+        "train.model": "resnet18",
+        "train.weights": "none",
+        "train.image_size": 64,
+        "train.epochs": 4,
+        "lr": 0.001,
+        "train.optimizer": "adam",
+        "train.weight_decay": 0.0,
+        "train.scheduler": "step",
+        "train.select_by": "val_loss",
+        "train.imbalance": "none",
+    },
+    "scratch_lite0": {**RECIPE, "train.weights": "none"},
+    "pretrained_head_only": {
+        **RECIPE,
+        "train.finetune": "head",
+        "train.batch_augment.enabled": False,  # features computed once per image
+        "train.epochs": 20,
+        "lr": 0.003,
+    },
+    "pretrained_full": RECIPE,
+    "pretrained_unfreeze_after_2": {
+        **RECIPE,
+        "train.finetune": "unfreeze",
+        "train.unfreeze_after": 2,
+    },
+}
+
+
+def with_overrides(raw: dict, overrides: dict[str, Any]) -> Params:
+    raw = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return parse_params(raw)
+
+
+def prepare(source: Path, out: Path, params: Params) -> Path:
+    """download → split → augment into `out`, as the stages do."""
+    data = out / "data"
+    fetch(
+        params.data,
+        Path.cwd(),
+        data / "raw",
+        data / "masks",
+        data / "manifest.csv",
+        data / "rejected.csv",
+        data / "metadata.csv",
+    )
+    summary = split_dataset(
+        data / "raw", data / "manifest.csv", data / "metadata.csv", data / "split", params.split
+    )
+    print("split:", json.dumps(summary["splits"]), json.dumps(summary["groups"]))
+    augment_train(
+        data / "split" / "train", data / f"augmented-{params.augment.target}", params.augment
+    )
+    return data
+
+
+def ci(report: dict, key: str) -> str:
+    low, high = report[key].get("low"), report[key].get("high")
+    return f"[{low:.2f}, {high:.2f}]" if low is not None else ""
+
+
+def run_recipe(data: Path, params: Params, threads: int) -> dict:
+    cfg = params.train
+    torch.set_num_threads(threads)
+    device = torch.device("cpu")
+    seed_everything(cfg.seed, device)
+    train_dir = data / f"augmented-{params.augment.target}" / "train"
+    start = time.perf_counter()
+    classes = index_folder(train_dir).classes
+    model = build_model(cfg.model, len(classes), resolve_weights(cfg.model, cfg.weights))
+    train = cached_split(train_dir, cfg.image_size, classes)
+    val = cached_split(data / "split" / "val", cfg.image_size, classes)
+    result = fit(model, train, val, cfg, params.lr, device)
+    model.load_state_dict(result.best_state)
+    test = load_split(data / "split" / "test", cfg.image_size, classes)
+    logits = predict_logits(model, cfg.model, test.pixels, 64, device)
+    probabilities = torch.softmax(logits, 1).numpy().astype(np.float64)
+    minutes = (time.perf_counter() - start) / 60
+    y_true = test.labels.numpy()
+    report = classification_metrics(y_true, probabilities, classes, 1000, 0.95, 0)
+    train_labels = np.array(index_folder(data / "split" / "train", classes).labels)
+    report["baselines"] = baseline_report(y_true, probabilities, train_labels, classes, 1000)
+    report["minutes"] = minutes
+    report["best_epoch"] = result.best_epoch
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="a source folder (cxr3)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--only", nargs="*", choices=sorted(RECIPES), default=None)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per run")
+    parser.add_argument("--json", type=Path, help="also write every result here")
+    args = parser.parse_args()
+    raw = read_params_file("params.yaml")
+    raw["data"]["source"] = str(args.data.resolve())
+    names = args.only or list(RECIPES)
+    results: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="cxr-recipes-") as scratch:
+        os.environ.setdefault("CXR_CACHE_DIR", str(Path(scratch) / "pixels"))
+        data = prepare(args.data, Path(scratch), with_overrides(raw, RECIPE))
+        targets = {with_overrides(raw, RECIPES[n]).augment.target for n in names}
+        for target in targets - {"none"}:
+            augment_train(
+                data / "split" / "train",
+                data / f"augmented-{target}",
+                with_overrides(raw, {"augment.target": target}).augment,
+            )
+        for name in names:
+            for seed in args.seeds:
+                params = with_overrides(raw, {**RECIPES[name], "train.seed": seed})
+                report = run_recipe(data, params, args.threads)
+                verdict = report["baselines"]["model_minus_majority"]["verdict"]
+                print(
+                    f"{name:36s} seed {seed}: accuracy {report['accuracy']:.3f} "
+                    f"{ci(report, 'accuracy_ci')}, balanced {report['balanced_accuracy']:.3f} "
+                    f"{ci(report, 'balanced_accuracy_ci')}, macro-F1 {report['macro']['f1']:.3f} "
+                    f"{ci(report, 'macro_f1_ci')}, {verdict} majority, best epoch "
+                    f"{report['best_epoch']}, {report['minutes']:.1f} min",
+                    flush=True,
+                )
+                results.setdefault(name, []).append(report)
+    majority = next(iter(results.values()))[0]["baselines"]["majority"]
+    print(
+        f"\nmajority baseline (always {majority['class']}): accuracy {majority['accuracy']:.3f}, "
+        f"balanced {majority['balanced_accuracy']:.3f}, macro-F1 {majority['macro_f1']:.3f}"
+    )
+    print("recipe | balanced accuracy, mean over seeds (min–max) | minutes (mean)")
+    for name, reports in results.items():
+        balanced = [r["balanced_accuracy"] for r in reports]
+        print(
+            f"{name} | {statistics.mean(balanced):.3f} ({min(balanced):.3f}–{max(balanced):.3f})"
+            f" | {statistics.mean(r['minutes'] for r in reports):.1f}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
