@@ -10,12 +10,11 @@ from cxr.tracking import pipeline_run
 
 def main() -> None:
     params = load_params()
-    with pipeline_run("split", params) as run:
+    with pipeline_run("split", params):
         summary = split_dataset(
             layout.RAW, layout.MANIFEST, layout.SPLIT, params.split, layout.CLASS_DISTRIBUTION
         )
-        write_json(layout.DATA_METRICS, summary)
-        run.log_metrics_file(layout.DATA_METRICS, "data")
+        write_json(layout.DATA_REPORT, summary)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from cxr.distributed import World, all_sum, average_buffers
 from cxr.errors import ConfigError
 from cxr.fsio import atomic_file, sha256_file
 from cxr.models import MODEL_SPECS
+from cxr.progress import progress
 
 
 def select_device(requested: str) -> torch.device:
@@ -327,7 +328,11 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float]:
     correct = torch.zeros((), device=t.device, dtype=torch.int64)
     seen = 0
     start = time.perf_counter()
-    for pixels_cpu, labels_cpu in t.loader:
+    batches: Iterable = t.loader
+    if t.world.is_writer:  # a bar (terminal) or a line every few seconds (logs)
+        total = -(-len(t.sampler) // cfg.batch_size)
+        batches = progress(t.loader, f"epoch {epoch}/{cfg.epochs}", total, "batches")
+    for pixels_cpu, labels_cpu in batches:
         if len(labels_cpu) < 2:  # BatchNorm cannot train on a single image
             continue
         pixels = pixels_cpu.to(t.device, non_blocking=True)
