@@ -5,12 +5,13 @@ rendered in a real headless Chromium, offline, without console errors."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from browser import chromium, open_page
-from conftest import run
+from conftest import git_commit, run
 
 CLASSES = ("COVID", "Normal", "Viral Pneumonia")
 
@@ -132,14 +133,19 @@ def test_plots_show_page_renders_offline_without_errors(evaluated_project: Path,
 
 
 def test_plots_diff_page_renders_both_revisions(evaluated_project: Path, tmp_path: Path):
-    """The committed results (HEAD) against the workspace's."""
-    out = tmp_path / "diff"
-    shown = json.loads(run(["dvc", "plots", "diff", "HEAD", "--json"], evaluated_project).stdout)
+    """Two revisions side by side: the results committed in a copy (HEAD) and the workspace."""
+    project = tmp_path / "project"
+    shutil.copytree(evaluated_project, project, symlinks=True)
+    git_commit(project, "evaluation results")
+    shown = json.loads(run(["dvc", "plots", "diff", "HEAD", "--json"], project).stdout)
     roc = shown["data"]["plots/roc.csv"][0]["content"]["data"]["values"]
     assert {row["rev"] for row in roc} == {"HEAD", "workspace"}
-    run(["dvc", "plots", "diff", "HEAD", "-o", str(out)], evaluated_project)
-    charts, _ = rendered(out / "index.html", tmp_path, "dvc_plots_diff.png")
+    out = tmp_path / "diff"
+    run(["dvc", "plots", "diff", "HEAD", "-o", str(out)], project)
+    charts, images = rendered(out / "index.html", tmp_path, "dvc_plots_diff.png")
     assert charts >= 11
+    grids = len(list((project / "plots/gradcam/grids").glob("*.png")))
+    assert images == 2 * grids  # each grid at both revisions
 
 
 def test_templates_are_the_projects(evaluated_project: Path):
