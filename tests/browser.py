@@ -34,6 +34,7 @@ class Page:
 
     page: Any
     errors: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # HTTP >= 400 responses: "404 URL"
 
     def screenshot(self, path: Path) -> Path:
         self.page.screenshot(path=str(path), full_page=True)
@@ -76,6 +77,7 @@ def open_page(context: Any, url: str, ready: str, timeout_ms: int = 60_000) -> P
     page.on("console", lambda m: m.type == "error" and seen.errors.append(f"console: {m.text}"))
     page.on("pageerror", lambda exc: seen.errors.append(f"exception: {exc}"))
     page.on("requestfailed", lambda r: seen.errors.append(f"request failed: {r.url}"))
+    page.on("response", lambda r: r.status >= 400 and seen.missing.append(f"{r.status} {r.url}"))
     page.goto(url)
     page.wait_for_selector(ready, timeout=timeout_ms)
     return seen

@@ -31,7 +31,7 @@ def test_experiment_opens_in_the_training_view_and_the_run_page_reads(
         experiment.page.get_by_text("Model training", exact=True).click()
         experiment.page.wait_for_selector(f"text={info['run_name']}")
         experiment.screenshot(tmp_path / "mlflow_experiment.png")
-        assert not experiment.errors, experiment.errors
+        assert_clean(experiment, base)
 
         run = open_page(
             browser,
@@ -42,4 +42,17 @@ def test_experiment_opens_in_the_training_view_and_the_run_page_reads(
         for shown in ("dvc.yaml: evaluate, gradcam", "test", "evaluation"):
             assert shown in body, shown
         run.screenshot(tmp_path / "mlflow_run.png")
-        assert not run.errors, run.errors
+        assert_clean(run, base)
+
+
+def assert_clean(page, base: str) -> None:
+    """No console errors but one kind: the UI's own probes of optional server features (its
+    REST API answering 404), which the browser logs as "Failed to load resource"."""
+    probes = [
+        url
+        for url in page.missing
+        if url.startswith(("404 " + base + "/ajax-api/", "404 " + base + "/api/"))
+    ]
+    others = [url for url in page.missing if url not in probes]
+    errors = [e for e in page.errors if not (probes and "status of 404" in e)]
+    assert not errors and not others, (errors, others, probes)
