@@ -10,10 +10,9 @@ from cxr.tracking import pipeline_run
 
 def main() -> None:
     params = load_params()
-    with pipeline_run("augment", params) as run:
+    with pipeline_run("augment", params):
         summary = augment_train(layout.SPLIT / "train", layout.AUGMENTED, params.augment)
-        write_json(layout.AUGMENT_METRICS, summary)
-        run.log_metrics_file(layout.AUGMENT_METRICS, "augment")
+        write_json(layout.AUGMENT_REPORT, summary)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from cxr.tracking import pipeline_run
 
 def main() -> None:
     params = load_params()
-    with pipeline_run("download", params) as run:
+    with pipeline_run("download", params):
         summary = fetch(
             params.data,
             layout.project_root(),
@@ -20,11 +20,7 @@ def main() -> None:
             layout.REJECTED,
             layout.METADATA,
         )
-        write_json(layout.DOWNLOAD_METRICS, summary)
-        run.log_metrics_file(layout.DOWNLOAD_METRICS, "download")
-        run.log_artifact(layout.MANIFEST, "data")
-        run.log_artifact(layout.REJECTED, "data")
-        run.log_artifact(layout.METADATA, "data")
+        write_json(layout.DOWNLOAD_REPORT, summary)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Stage `evaluate`: score the trained model on the held-out test split.
 
-Writes metrics/eval.json (classification metrics with bootstrap confidence intervals and
-calibration, before and after temperature scaling fitted on the val split), and the DVC plot
-data: plots/predictions.csv (from which every metric can be recomputed; confusion matrices),
-plots/roc/, plots/pr/ (one curve per class), plots/reliability/ and plots/per_class.csv.
-The same plots go to the MLflow run as figures.
+Writes reports/eval.json (classification metrics with bootstrap confidence intervals and
+calibration, before and after temperature scaling fitted on the val split), its headline
+metrics/eval.json, and the DVC plot data: plots/predictions.csv (from which every metric can
+be recomputed; confusion matrices), plots/roc.csv, plots/precision_recall.csv (one curve per
+class), plots/reliability.csv and plots/per_class.csv. The same plots go to the MLflow run as
+figures under evaluation/ (the files and metrics are recorded when the stage ends).
 """
 
 from cxr import layout
@@ -18,6 +19,7 @@ from cxr.evaluation import (
     write_evaluation,
 )
 from cxr.models import load_checkpoint
+from cxr.run_record import EVALUATION_FOLDER
 from cxr.tracking import pipeline_run
 from cxr.training import select_device
 
@@ -29,12 +31,8 @@ def main() -> None:
         model, card = load_checkpoint(layout.MODEL, device)
         result = evaluate_model(model, card, layout.SPLIT, params.evaluate, device)
         write_evaluation(result)
-        run.log_metrics_file(layout.EVAL_METRICS, "eval")
-        run.log_artifact(layout.PREDICTIONS, "evaluation")
-        for folder in (layout.ROC_DIR, layout.PR_DIR, layout.RELIABILITY_DIR):
-            run.log_artifacts(folder, f"evaluation/{folder.name}")
         for name, figure in evaluation_figures(result).items():
-            run.log_figure(figure, f"plots/{name}")
+            run.log_figure(figure, f"{EVALUATION_FOLDER}/{name}")
         verdict = result.report["baselines"]["model_minus_majority"]["verdict"]
         run.set_tags({"cxr.vs_majority_baseline": verdict})
         print(summary_line(result))

@@ -2,10 +2,11 @@
 
 The layer explained is `gradcam.target_layer` (`auto`: the deepest of the architecture's
 candidates with a map of at least `gradcam.min_map_size` cells a side at the model's input
-size). Overlays of the predicted class's map go to plots/gradcam/<Class>/{correct,wrong}/,
-with one grid per class and outcome (<Class>_correct.png, <Class>_wrong.png). Where masks
-exist, metrics/gradcam.json scores how much of the true class's map lies inside them, against
-the masks' own area share (what an uninformative map would score).
+size). Figures of the predicted class's map go to plots/gradcam/overlays/<Class>/{correct,wrong}/,
+with one grid per class and outcome that has images (plots/gradcam/grids/<Class>_<outcome>.png,
+DVC image plots). Where masks exist, reports/gradcam.json scores per class how much of the true
+class's map lies inside them, against the masks' own area share (what an uninformative map
+would score); metrics/gradcam.json holds the overall scores.
 """
 
 from cxr import layout
@@ -16,6 +17,7 @@ from cxr.fsio import write_json
 from cxr.gradcam import GradCAM, choose_layer, compute_cams, load_masks, localisation_report
 from cxr.models import load_checkpoint
 from cxr.plots import write_gradcam_overlays
+from cxr.run_record import GRADCAM_FOLDER
 from cxr.tracking import pipeline_run
 from cxr.training import select_device
 
@@ -33,17 +35,29 @@ def main() -> None:
         with GradCAM(model, layer, cfg.method) as explainer:
             # shown: the predicted class's map (what a reader sees); scored: the true class's
             shown_cams, probabilities = compute_cams(
-                explainer, test.pixels, None, device, card.arch
+                explainer,
+                test.pixels,
+                None,
+                device,
+                card.arch,
+                desc="gradcam: predicted-class maps",
             )
-            true_cams, _ = compute_cams(explainer, test.pixels, test.labels, device, card.arch)
+            true_cams, _ = compute_cams(
+                explainer,
+                test.pixels,
+                test.labels,
+                device,
+                card.arch,
+                desc="gradcam: true-class maps",
+            )
         labels = test.labels.numpy()
         masks = load_masks(layout.MASKS, list(test.files), card.image_size)
         report = localisation_report(true_cams, masks, labels, card.classes)
         report["layer"], report["method"] = path, cfg.method
-        write_json(layout.GRADCAM_METRICS, report)
-        write_gradcam_overlays(
+        write_json(layout.GRADCAM_REPORT, report)
+        write_json(layout.GRADCAM_METRICS, report["overall"])
+        drawn = write_gradcam_overlays(
             layout.GRADCAM_DIR,
-            test.pixels[:, 0].numpy(),
             list(test.files),
             labels,
             shown_cams,
@@ -53,14 +67,14 @@ def main() -> None:
             cfg.images_per_class,
             cfg.overlay_alpha,
         )
-        run.log_metrics_file(layout.GRADCAM_METRICS, "gradcam")
-        run.log_artifacts(layout.GRADCAM_DIR, "gradcam")
+        run.log_artifacts(layout.GRADCAM_DIR, GRADCAM_FOLDER)
+        print(f"gradcam ({cfg.method}, {path}): {sum(drawn.values())} images in {len(drawn)} grids")
         overall = report["overall"]
         if overall:
             print(
-                f"gradcam ({cfg.method}, {path}): energy in mask "
-                f"{overall['energy_in_mask']:.3f} vs mask area {overall['mask_area']:.3f}, "
-                f"pointing {overall['pointing_hit_rate']:.2f} on {overall['images']} images"
+                f"gradcam: energy in mask {overall['energy_in_mask']:.3f} vs mask area "
+                f"{overall['mask_area']:.3f}, pointing {overall['pointing_hit_rate']:.2f} "
+                f"on {overall['images']} images"
             )
 
 

@@ -10,7 +10,7 @@ from cxr.tracking import pipeline_run
 
 def main() -> None:
     params = load_params()
-    with pipeline_run("split", params) as run:
+    with pipeline_run("split", params):
         summary = split_dataset(
             layout.RAW,
             layout.MANIFEST,
@@ -19,8 +19,7 @@ def main() -> None:
             params.split,
             layout.CLASS_DISTRIBUTION,
         )
-        write_json(layout.DATA_METRICS, summary)
-        run.log_metrics_file(layout.DATA_METRICS, "data")
+        write_json(layout.DATA_REPORT, summary)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Stage `train`: fine-tune a torchvision model on the augmented train split.
 
 Writes models/model.pt (the lowest-validation-loss epoch), metrics/train.json and the
-per-epoch history plots/train_history.csv, which also goes to MLflow as training runs.
+per-epoch history plots/train_history.csv, which also goes to MLflow as it trains (`train/loss`,
+`val/loss`, ... with step = epoch); prints one line per epoch.
 models/checkpoint/last.pt holds the resume state after every epoch: re-running a killed stage
 with the same params and data continues from the last complete epoch.
 
@@ -9,6 +10,7 @@ Under `torchrun --nproc_per_node N stages/train.py` every rank trains its shard 
 rank 0 writes files and opens MLflow.
 """
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +29,8 @@ from cxr.errors import run_stage
 from cxr.fsio import write_csv, write_json
 from cxr.models import ModelCard, build_model, resolve_weights, save_checkpoint
 from cxr.plots import history_figure
+from cxr.progress import epoch_line
+from cxr.run_record import TRAINING_FOLDER, epoch_metrics
 from cxr.tracking import writer_run
 from cxr.training import (
     EpochStats,
@@ -63,15 +67,18 @@ def main() -> None:
             ],
         )
         history: list[dict] = []
+        clock = [time.perf_counter()]  # when the epoch now running began
 
         def on_epoch(stats: EpochStats) -> None:
             if not world.is_writer:
                 return
+            now = time.perf_counter()
+            print(epoch_line(stats.as_dict(), cfg.epochs, now - clock[0]), flush=True)
+            clock[0] = now
             history.append(stats.as_dict())
             write_csv(layout.TRAIN_HISTORY, pd.DataFrame(history))
-            run.log_metrics(
-                {k: v for k, v in stats.as_dict().items() if k != "epoch"}, step=stats.epoch
-            )
+            step, metrics = epoch_metrics(stats.as_dict())
+            run.log_metrics(metrics, step=step)
 
         result = fit(
             model,
@@ -103,8 +110,7 @@ def main() -> None:
         save_checkpoint(layout.MODEL, model, card)
         summary = summarize(result, len(train_set), len(val_set))
         write_json(layout.TRAIN_METRICS, {**summary, "weights_sha256": weights_sha256})
-        run.log_metrics_file(layout.TRAIN_METRICS, "train")
-        run.log_figure(history_figure(frame), "plots/train_history.png")
+        run.log_figure(history_figure(frame), f"{TRAINING_FOLDER}/history.png")
         example = Normalize(cfg.model)(val_set.pixels[:2])  # what the model itself receives
         run.log_model(model, example, params.tracking.registered_model)
         print(

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
+EVAL_CLASSES = ("COVID", "Normal", "Viral Pneumonia")
 REAL_DATA_DEFAULT = PROJECT.parent / "shared" / "data" / "cxr3"
 
 
@@ -147,6 +148,54 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item not in gpu_only]
         config.hook.pytest_deselected(items=gpu_only)
         print(f"\n{len(gpu_only)} CUDA test(s) deselected: torch sees no GPU here")
+
+
+def make_split_folders(root: Path, size: int, per_class: int) -> None:
+    """Synthetic phantoms + lesion masks in the layout the stages read."""
+    from cxr.images import save_png
+    from cxr.synthetic import draw_phantom
+
+    for split_index, split in enumerate(("val", "test", "train")):
+        for class_index, name in enumerate(EVAL_CLASSES):
+            # train: the first class the largest, so the majority baseline has one answer
+            count = per_class + (2 if split == "train" and class_index == 0 else 0)
+            for n in range(count):
+                seed = 1000 * split_index + 100 * class_index + n
+                image, mask = draw_phantom(name, size, seed)
+                for folder, picture in (
+                    (root / "data/split" / split, image),
+                    (root / "data/masks", mask),
+                ):
+                    (folder / name).mkdir(parents=True, exist_ok=True)
+                    save_png(picture, folder / name / f"{split}-{n}.png")
+
+
+@pytest.fixture(scope="session")
+def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy with tiny val/test splits, an untrained checkpoint, and the evaluate
+    and gradcam stages run in it (real MLflow SQLite store in the copy). Shared by the
+    evaluation, DVC plots and MLflow page tests; none of them may change it."""
+    import torch
+
+    from cxr.models import ModelCard, build_model, save_checkpoint
+
+    project_copy = copy_project(tmp_path_factory.mktemp("evaluated"))
+    make_split_folders(project_copy, size=64, per_class=6)
+    torch.manual_seed(0)
+    model = build_model("resnet18", len(EVAL_CLASSES))
+    card = ModelCard("resnet18", EVAL_CLASSES, image_size=32, weights="none", epoch=1)
+    save_checkpoint(project_copy / "models/model.pt", model, card)
+    params = project_copy / "params.yaml"
+    params.write_text(
+        params.read_text().replace("bootstrap_resamples: 1000", "bootstrap_resamples: 50")
+    )
+    done = run([sys.executable, "stages/evaluate.py"], project_copy)
+    (project_copy / "evaluate.log").write_text(done.stdout)
+    run([sys.executable, "stages/gradcam.py"], project_copy)
+    # Record the outputs as DVC would after `dvc repro` (dvc plots reads a directory output
+    # through the cache).
+    run(["dvc", "commit", "--force", "evaluate", "gradcam"], project_copy)
+    return project_copy
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -6,67 +6,26 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import copy_project, run
+from conftest import EVAL_CLASSES as CLASSES
+from conftest import make_split_folders
 
+from cxr import evaluation
 from cxr.calibration import calibration_summary, scale_probabilities
 from cxr.config import EvaluateConfig
 from cxr.evaluation import evaluate_model, evaluation_figures, summary_line
 from cxr.metrics import metrics_from_predictions, read_predictions
-from cxr.models import ModelCard, build_model, save_checkpoint
-
-CLASSES = ("COVID", "Normal", "Viral Pneumonia")
-
-
-def make_split_folders(root: Path, size: int, per_class: int) -> None:
-    """Synthetic phantoms + lesion masks in the layout the stages read."""
-    from cxr.images import save_png
-    from cxr.synthetic import draw_phantom
-
-    for split_index, split in enumerate(("val", "test", "train")):
-        for class_index, name in enumerate(CLASSES):
-            # train: the first class the largest, so the majority baseline has one answer
-            count = per_class + (2 if split == "train" and class_index == 0 else 0)
-            for n in range(count):
-                seed = 1000 * split_index + 100 * class_index + n
-                image, mask = draw_phantom(name, size, seed)
-                for folder, picture in (
-                    (root / "data/split" / split, image),
-                    (root / "data/masks", mask),
-                ):
-                    (folder / name).mkdir(parents=True, exist_ok=True)
-                    save_png(picture, folder / name / f"{split}-{n}.png")
-
-
-@pytest.fixture(scope="module")
-def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy with tiny val/test splits, an untrained checkpoint, and the evaluate
-    and gradcam stages run in it (real MLflow SQLite store in the copy)."""
-    project_copy = copy_project(tmp_path_factory.mktemp("evaluated"))
-    make_split_folders(project_copy, size=64, per_class=6)
-    torch.manual_seed(0)
-    model = build_model("resnet18", len(CLASSES))
-    card = ModelCard("resnet18", CLASSES, image_size=32, weights="none", epoch=1)
-    save_checkpoint(project_copy / "models/model.pt", model, card)
-    params = project_copy / "params.yaml"
-    params.write_text(
-        params.read_text().replace("bootstrap_resamples: 1000", "bootstrap_resamples: 50")
-    )
-    done = run([sys.executable, "stages/evaluate.py"], project_copy)
-    (project_copy / "evaluate.log").write_text(done.stdout)
-    run([sys.executable, "stages/gradcam.py"], project_copy)
-    return project_copy
+from cxr.models import ModelCard, build_model
 
 
 def test_evaluate_stage_outputs_recompute_from_predictions_file(evaluated_project: Path):
     root = evaluated_project
-    report = json.loads((root / "metrics/eval.json").read_text())
+    report = json.loads((root / "reports/eval.json").read_text())
     frame = pd.read_csv(root / "plots/predictions.csv")
     assert len(frame) == report["test_images"] == 18
     recomputed = metrics_from_predictions(frame, 50, 0.95, 0)
@@ -77,44 +36,46 @@ def test_evaluate_stage_outputs_recompute_from_predictions_file(evaluated_projec
     scaled = scale_probabilities(probabilities, calibration["temperature"])
     after = calibration_summary(y_true, scaled, 15)
     assert after == pytest.approx(calibration["temperature_scaled"], abs=2e-6)
-    # Every declared plot file exists: one ROC and PR curve per class, both reliability tables.
-    for folder in ("roc", "pr"):
-        assert sorted(p.stem for p in (root / "plots" / folder).glob("*.csv")) == list(CLASSES)
-    assert {p.stem for p in (root / "plots/reliability").glob("*.csv")} == {
-        "uncalibrated",
-        "temperature_scaled",
-    }
+    # The DVC metric is the headline of that report, nothing else.
+    headline = json.loads((root / "metrics/eval.json").read_text())
+    assert headline == evaluation.headline(report)
+    assert headline["macro_f1"] == report["macro"]["f1"]
+    # One file per chart: every class's curve in it, labelled with the class and its area.
+    roc = pd.read_csv(root / "plots/roc.csv")
+    assert sorted(roc["class"].unique()) == list(CLASSES)
+    covid = roc[roc["class"] == "COVID"]
+    auc = report["per_class"]["COVID"]["roc_auc"]
+    assert set(covid["curve"]) == {f"COVID · AUC {auc:.3f}"}
+    assert covid["point"].tolist() == list(range(len(covid)))
+    pr = pd.read_csv(root / "plots/precision_recall.csv")
+    assert pr["curve"].str.contains(" · AP ").all()
+    reliability = pd.read_csv(root / "plots/reliability.csv")
+    kinds = sorted(reliability["probabilities"].unique())
+    assert kinds[1] == "uncalibrated" and kinds[0].startswith("temperature-scaled (T = ")
+    assert reliability.groupby("probabilities")["count"].sum().tolist() == [18, 18]
     per_class = pd.read_csv(root / "plots/per_class.csv")
     assert len(per_class) == 3 * 4
 
 
 def test_gradcam_stage_writes_grids_and_localisation(evaluated_project: Path):
     root = evaluated_project
-    report = json.loads((root / "metrics/gradcam.json").read_text())
+    report = json.loads((root / "reports/gradcam.json").read_text())
     assert report["layer"] == "layer2"  # 32 px: layer2 is 4x4, the largest resnet18 map
     assert report["images_with_masks"] == 12  # Normal phantoms have empty masks
     assert set(report["per_class"]) == {"COVID", "Viral Pneumonia"}
-    for name in CLASSES:
-        for outcome in ("correct", "wrong"):
-            assert (root / "plots/gradcam" / f"{name}_{outcome}.png").stat().st_size > 0
-
-
-def test_dvc_renders_every_evaluation_plot(evaluated_project: Path):
-    shown = json.loads(run(["dvc", "plots", "show", "--json"], evaluated_project).stdout)
-    assert not shown.get("errors")
-    rendered = set(shown["data"])
+    assert json.loads((root / "metrics/gradcam.json").read_text()) == report["overall"]
+    predictions = pd.read_csv(root / "plots/predictions.csv")
+    right = predictions["actual"] == predictions["predicted"]
+    # A grid for each class and outcome that has images, and none for an empty outcome.
     expected = {
-        "Confusion matrix, counts (test split)",
-        "Confusion matrix, normalised by true class (test split)",
-        "plots/per_class.csv",
-        "plots/reliability/uncalibrated.csv",
-        "plots/reliability/temperature_scaled.csv",
-        *(f"plots/{kind}/{name}.csv" for kind in ("roc", "pr") for name in CLASSES),
+        f"{name}_{outcome}.png"
+        for name in CLASSES
+        for outcome, wanted in (("correct", True), ("wrong", False))
+        if ((predictions["actual"] == name) & (right == wanted)).any()
     }
-    assert expected <= rendered
-    for name in expected:
-        (plot,) = shown["data"][name]
-        assert plot["type"] == "vega" and plot["content"]["data"]["values"], name
+    assert {p.name for p in (root / "plots/gradcam/grids").iterdir()} == expected
+    overlays = list((root / "plots/gradcam/overlays").glob("*/*/*.png"))
+    assert 0 < len(overlays) <= 2 * len(CLASSES) * 3  # images_per_class: 3
 
 
 def test_evaluate_model_without_temperature_scaling_never_reads_val(tmp_path: Path):
@@ -144,7 +105,7 @@ def test_evaluate_model_without_temperature_scaling_never_reads_val(tmp_path: Pa
 
 
 def test_evaluation_reports_and_prints_the_majority_baseline(evaluated_project: Path) -> None:
-    report = json.loads((evaluated_project / "metrics/eval.json").read_text())
+    report = json.loads((evaluated_project / "reports/eval.json").read_text())
     baselines = report["baselines"]
     assert baselines["majority"]["class"] == CLASSES[0]  # the train split's largest class
     assert baselines["majority"]["accuracy"] == pytest.approx(1 / len(CLASSES), abs=1e-6)

@@ -62,8 +62,8 @@ def test_server_over_project_store_finds_the_pipeline_run(project: Path, server:
     eval_json = json.loads((project / "metrics" / "eval.json").read_text())
     assert float(params["lr"]) == TINY_PARAMS["lr"]
     assert params["train.image_size"] == str(TINY_PARAMS["train.image_size"])
-    assert metrics["eval/accuracy"] == pytest.approx(eval_json["accuracy"])
-    assert {"train_loss", "val_loss", "train/val_accuracy"} <= set(metrics)
+    assert metrics["test/accuracy"] == pytest.approx(eval_json["accuracy"])
+    assert {"train/loss", "val/loss", "val/accuracy", "train/best_epoch"} <= set(metrics)
     assert tags["cxr.data.raw_md5"] == dvc_lock_md5(project, "data/raw")
     assert tags["cxr.data.split_md5"] == dvc_lock_md5(project, "data/split")
     base = run(["git", "rev-list", "-n1", "--grep=tiny params", "HEAD"], project).stdout.strip()
@@ -140,7 +140,7 @@ def test_queue_runs_three_experiments_into_the_project_store(project: Path, serv
         params = as_dict(by_name[name]["data"]["params"])
         metrics = as_dict(by_name[name]["data"]["metrics"])
         assert float(params["lr"]) == lr
-        assert {"eval/accuracy", "eval/macro/f1"} <= set(metrics)
+        assert {"test/accuracy", "test/macro/f1"} <= set(metrics)
         assert as_dict(by_name[name]["data"]["tags"])["cxr.dvc_exp"] == name
     # Nothing landed in the temporary workspaces' own stores.
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
@@ -155,13 +155,16 @@ def test_exp_run_lr_then_metrics_diff_lists_changes(project: Path, server: str) 
         for key, change in metrics.items()
         if change.get("diff")
     }
-    assert {("metrics/eval.json", "accuracy"), ("metrics/eval.json", "macro.f1")} & changed, diff
+    assert {("metrics/eval.json", "accuracy"), ("metrics/eval.json", "macro_f1")} & changed, diff
     assert all(diff[path][key]["old"] != diff[path][key]["new"] for path, key in changed)
     params_diff = json.loads(run(["dvc", "params", "diff", "--json"], project).stdout)
     lr_change = params_diff["params.yaml"]["lr"]
     assert (lr_change["old"], lr_change["new"]) == (0.003, 0.001)
     plots = run(["dvc", "plots", "diff", "--json"], project).stdout
-    assert "train_history.csv" in plots
+    assert "Loss per epoch" in plots
+    # Readable: only what differs between the experiments.
+    columns = run(["dvc", "exp", "show", "--only-changed", "--csv"], project).stdout
+    assert len(columns.splitlines()[0].split(",")) <= 40, columns.splitlines()[0]
 
     latest = search_runs(server, EXPERIMENT)
     assert any(as_dict(r["data"]["params"]).get("lr") == "0.001" for r in latest)

@@ -1,5 +1,6 @@
-"""Figures for MLflow: every evaluation and Grad-CAM figure renders and saves as a PNG, and
-the Grad-CAM overlays land under their class and outcome."""
+"""Figures for MLflow and the Grad-CAM grids: every figure renders and saves as a PNG; the
+Grad-CAM figures show what a reader needs (colour bar, mask legend, captions that fit, true
+counts, no empty panels) and land under their class and outcome."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from PIL import Image
 from cxr.calibration import reliability_table
 from cxr.metrics import classification_metrics, curve_frames, per_class_frame
 from cxr.plots import (
+    CAM_CMAP,
+    GRID_SCALE,
+    MASK_LABEL,
+    cam_grid,
     confusion_figure,
     curves_figure,
-    gradcam_grid,
     per_class_figure,
     reliability_figure,
     save_figure,
@@ -50,8 +54,10 @@ def test_evaluation_figures_render(tmp_path: Path):
         == (report["per_class"]["Normal"]["f1"])
     )
     figures = {
-        "roc": curves_figure(curves["roc"], "fpr", "tpr", "ROC", True),
-        "pr": curves_figure(curves["pr"], "recall", "precision", "PR", False),
+        "roc": curves_figure(curves["roc"], ("fpr", "FPR"), ("tpr", "TPR"), "ROC", {}, True),
+        "pr": curves_figure(
+            curves["pr"], ("recall", "R"), ("precision", "P"), "PR", {}, drawstyle="steps-pre"
+        ),
         "reliability": reliability_figure({"raw": reliability_table(y_true, probabilities, 10)}),
         "bars": per_class_figure(per_class),
         "confusion": confusion_figure(np.array([[3, 1, 0], [0, 4, 1], [2, 0, 5]]), CLASSES),
@@ -61,32 +67,121 @@ def test_evaluation_figures_render(tmp_path: Path):
         assert width > 200 and height > 200
 
 
-def test_gradcam_grid_pairs_image_and_overlay_and_handles_no_images(tmp_path: Path):
-    image = np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))
-    cam = np.linspace(0, 1, 32 * 32).reshape(32, 32)
-    panel = {"image": image, "cam": cam, "title": "t", "mask": cam > 0.5}
-    one = saved_size(gradcam_grid([panel], 0.4, "one"), tmp_path / "one.png")
-    three = saved_size(gradcam_grid([panel] * 3, 0.4, "three"), tmp_path / "three.png")
-    empty = saved_size(gradcam_grid([], 0.4, "none"), tmp_path / "none.png")
-    assert three[1] > one[1]  # a second row of pairs
-    assert empty == one
+def panel(mask: bool, caption: str = "a-long-file-name-of-a-chest-x-ray-0001.png") -> dict:
+    image = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    cam = np.linspace(0, 1, 8 * 8).reshape(8, 8)  # a coarse map: drawn bilinear, not blocky
+    return {
+        "image": image,
+        "cam": cam,
+        "mask": (cam > 0.5).repeat(8, 0).repeat(8, 1) if mask else None,
+        "caption": f"{caption}\ntrue Viral Pneumonia · predicted Lung_Opacity\np = 0.97",
+    }
+
+
+def _rendered(figure):
+    figure.canvas.draw()
+    return figure
+
+
+def test_cam_grid_draws_only_filled_pairs_with_colour_bar_legend_and_fitting_captions():
+    figure = _rendered(cam_grid([panel(True)] * 4, GRID_SCALE, 0.5, "Some class", per_row=3))
+    image_axes = [axis for axis in figure.get_axes() if axis.get_images()]
+    assert len(image_axes) == 2 * 4  # 4 pairs in a 3-wide grid: no empty 6th pair
+    overlays = [axis for axis in image_axes if len(axis.get_images()) == 2]
+    assert len(overlays) == 4
+    for axis in overlays:
+        heat = axis.get_images()[1]
+        assert heat.cmap.name == CAM_CMAP and heat.get_interpolation() == "bilinear"
+        assert heat.get_extent() == [0, 64, 64, 0]  # an 8x8 map spans the 64 px image
+    colorbars = [axis for axis in figure.get_axes() if axis.get_ylabel() == GRID_SCALE]
+    assert len(colorbars) == 1
+    legends = [text.get_text() for legend in figure.legends for text in legend.get_texts()]
+    assert legends == [MASK_LABEL]
+    # Every caption lies inside the figure (nothing cut off at the edges).
+    box = figure.bbox
+    renderer = figure.canvas.get_renderer()
+    captions = [sub._suptitle for sub in figure.subfigs[0].subfigs if sub._suptitle is not None]
+    assert len(captions) == 4
+    for text in captions:
+        extent = text.get_window_extent(renderer)
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1, text.get_text()
+
+
+def test_cam_grid_without_masks_has_no_mask_legend_and_refuses_no_panels():
+    import pytest
+
+    figure = cam_grid([panel(False)], GRID_SCALE)
+    assert not figure.legends
+    with pytest.raises(ValueError, match="at least one image"):
+        cam_grid([], GRID_SCALE)
 
 
 def test_gradcam_overlays_go_under_class_and_outcome_capped_per_class(tmp_path: Path):
     labels = np.array([0, 0, 0, 1, 1, 2])
     probabilities = np.eye(3)[[0, 0, 1, 1, 1, 0]]  # class 0: 2 right, 1 wrong; 2: 1 wrong
-    images = np.zeros((6, 32, 32), dtype=np.uint8)
     cams = np.random.default_rng(0).random((6, 32, 32))
-    files = [Path(f"split/test/{CLASSES[k]}/img{i}.png") for i, k in enumerate(labels)]
-    masks = [None] * 6
+    files = []
+    for i, k in enumerate(labels):
+        path = tmp_path / "split" / CLASSES[k] / f"img{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((40, 48), 30 * i, np.uint8)).save(path)
+        files.append(path)
     out = tmp_path / "gradcam"
-    write_gradcam_overlays(out, images, files, labels, cams, probabilities, masks, CLASSES, 1, 0.4)
-    overlays = sorted(p.relative_to(out).as_posix() for p in out.glob("*/*/*.png"))
+    drawn = write_gradcam_overlays(
+        out, files, labels, cams, probabilities, [None] * 6, CLASSES, 1, 0.4
+    )
+    overlays = sorted(p.relative_to(out).as_posix() for p in out.glob("overlays/*/*/*.png"))
     assert overlays == [
-        "COVID/correct/img0.png",  # capped at one per class and outcome
-        "COVID/wrong/img2.png",
-        "Normal/correct/img3.png",
-        "Viral Pneumonia/wrong/img5.png",
+        "overlays/COVID/correct/img0.png",  # capped at one per class and outcome
+        "overlays/COVID/wrong/img2.png",
+        "overlays/Normal/correct/img3.png",
+        "overlays/Viral Pneumonia/wrong/img5.png",
     ]
-    grids = sorted(p.name for p in out.glob("*.png"))
-    assert grids == sorted(f"{name}_{o}.png" for name in CLASSES for o in ("correct", "wrong"))
+    # A grid per class and outcome with images; none for Normal/wrong or Viral/correct.
+    grids = sorted(p.name for p in (out / "grids").glob("*.png"))
+    assert grids == [
+        "COVID_correct.png",
+        "COVID_wrong.png",
+        "Normal_correct.png",
+        "Viral Pneumonia_wrong.png",
+    ]
+    assert drawn == {
+        "COVID_correct": 1,
+        "COVID_wrong": 1,
+        "Normal_correct": 1,
+        "Viral Pneumonia_wrong": 1,
+    }
+
+
+def test_grid_title_counts_the_class_not_the_panels(tmp_path: Path, monkeypatch):
+    """`COVID: 2 of 3 test images correctly classified (showing 1)`."""
+    import cxr.plots as plots
+
+    titles = []
+    real = plots.cam_grid
+
+    def keep_title(panels, scale, alpha=0.6, title="", per_row=3):
+        titles.append(title)
+        return real(panels, scale, alpha, title, per_row)
+
+    monkeypatch.setattr(plots, "cam_grid", keep_title)
+    labels = np.array([0, 0, 0])
+    probabilities = np.eye(3)[[0, 0, 1]]
+    files = []
+    for i in range(3):
+        path = tmp_path / f"x{i}.png"
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(path)
+        files.append(path)
+    plots.write_gradcam_overlays(
+        tmp_path / "out",
+        files,
+        labels,
+        np.zeros((3, 8, 8)),
+        probabilities,
+        [None] * 3,
+        CLASSES,
+        1,
+        0.5,
+    )
+    assert "COVID: 2 of 3 test images correctly classified (showing 1)" in titles
+    assert "COVID: 1 of 3 test images wrongly classified (showing 1)" in titles

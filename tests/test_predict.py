@@ -46,9 +46,13 @@ def test_real_and_corrupt_files_in_one_call(checkpoint: Path, real_images, tmp_p
     assert sum(scored["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert scored["predicted"] == max(scored["probabilities"], key=scored["probabilities"].get)
     assert str(corrupt) in failed["error"] and "not a readable image" in failed["error"]
-    assert str(corrupt) in done.stderr
-    # Several images: one overlay per readable image, named after it.
-    assert (tmp_path / f"cam_{real.stem}.png").stat().st_size > 0
+    # The error is printed once (in the JSON); stderr only names the files not scored.
+    assert "not a readable image" not in done.stderr
+    assert done.stderr.strip() == f"cxr-predict: 1 of 2 images not scored: {corrupt}"
+    # Several images: one figure per readable image, named after it, listed in the JSON.
+    written = tmp_path / f"cam_{real.stem}.png"
+    assert scored["cam"] == str(written) and written.stat().st_size > 0
+    assert "cam" not in failed
     assert not (tmp_path / "cam_corrupt.png").exists()
 
 
@@ -62,6 +66,58 @@ def test_table_output_and_exit_zero_when_all_files_read(
     assert header.split()[:2] == ["image", "predicted"]
     assert row.startswith(str(real_images[-1]))
     assert cam.stat().st_size > 0
+
+
+def test_missing_model_is_one_exact_error(real_images, tmp_path: Path):
+    typo = tmp_path / "modle.pt"
+    done = cxr_predict(real_images[0], "--model", typo)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (
+        f"cxr-predict: error: --model {typo}: no such file; "
+        "check the path (the default is models/model.pt)\n"
+    )
+    folder = cxr_predict(real_images[0], "--model", tmp_path)
+    assert "is a folder, not a file" in folder.stderr
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    bad = cxr_predict(real_images[0], "--model", bogus)
+    assert bad.returncode == 2 and "not a cxr model checkpoint" in bad.stderr
+    assert bad.stderr.count("cxr-predict: error:") == 1 and "Traceback" not in bad.stderr
+
+
+def test_help_shows_defaults():
+    done = cxr_predict("--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "(default: models/model.pt)" in text and "(default: auto)" in text
+    assert "(default: gradcam)" in text
+
+
+def test_cam_maps_share_one_absolute_scale(checkpoint: Path, real_images):
+    """All classes' maps of an image are divided by the largest of them: the strongest is 1,
+    the others keep their size relative to it (not each stretched to its own maximum)."""
+    from cxr.data import load_pixels
+    from cxr.models import load_checkpoint
+    from cxr.predict import class_maps
+
+    model, card = load_checkpoint(checkpoint)
+    pixels = load_pixels((real_images[0],), card.image_size, 1)
+    maps, probabilities = class_maps(model, card, pixels, "auto", "gradcam")
+    assert maps.shape == (len(CLASSES), card.image_size, card.image_size)
+    peaks = maps.reshape(len(CLASSES), -1).max(1)
+    assert peaks.max() == pytest.approx(1.0) and maps.min() >= 0
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cam_figure_shows_original_overlay_title_and_colour_bar(checkpoint, real_images, tmp_path):
+    from PIL import Image
+
+    cam = tmp_path / "cam.png"
+    done = cxr_predict(real_images[0], "--model", checkpoint, "--cam", cam, "--label", "COVID")
+    assert done.returncode == 0, done.stderr
+    with Image.open(cam) as image:
+        width, height = image.size
+    assert width > 1.3 * height  # original and overlay side by side, plus the colour bar
 
 
 def test_unknown_label_is_a_clear_error(checkpoint: Path, real_images):

@@ -19,6 +19,8 @@ from cxr.models import build_model
 from cxr.training import SELECTION, EpochStats, fit, load_state, warmup_cosine
 
 sys.path.insert(0, str(Path(__file__).parent))
+import itertools
+
 from train_project import make_project, run_train, stage_env, train_command
 
 CPU = torch.device("cpu")
@@ -174,7 +176,7 @@ def test_warmup_cosine_rises_linearly_then_decays_to_zero() -> None:
     assert [factor(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
     after = [factor(s) for s in range(10, 101)]
     assert after[0] == pytest.approx(1.0) and after[-1] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b for a, b in zip(after, after[1:], strict=False))  # never rises again
+    assert all(a >= b for a, b in itertools.pairwise(after))  # never rises again
     assert factor(55) == pytest.approx(0.5)  # half way through the decay
 
 

@@ -181,7 +181,7 @@ def augment_train(
             class_rows, class_tasks = plan_class(class_dir, train_out, target, cfg.seed)
             rows += class_rows
             tasks += class_tasks
-        ordered_map(_augment_one, tasks, workers, _init_worker, (cfg.operations,))
+        ordered_map(_augment_one, tasks, workers, _init_worker, (cfg.operations,), desc="augment")
         write_csv(scratch / MANIFEST_NAME, pd.DataFrame(rows, columns=MANIFEST_COLUMNS))
     after = {name: max(count, target) for name, count in before.items()}
     return {"before": before, "after": after, "target": target, "generated": len(tasks)}

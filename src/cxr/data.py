@@ -73,9 +73,12 @@ def _decode(task: tuple[Path, int]) -> np.ndarray:
     return preprocess(read_gray8(path), size)
 
 
-def load_pixels(files: tuple[Path, ...], size: int, workers: int | None = None) -> torch.Tensor:
-    """Decode and resize every file once: a (N, 1, size, size) uint8 tensor."""
-    arrays = ordered_map(_decode, [(path, size) for path in files], workers)
+def load_pixels(
+    files: tuple[Path, ...], size: int, workers: int | None = None, desc: str = ""
+) -> torch.Tensor:
+    """Decode and resize every file once: a (N, 1, size, size) uint8 tensor (progress shown
+    under `desc`, if given)."""
+    arrays = ordered_map(_decode, [(path, size) for path in files], workers, desc=desc)
     return torch.from_numpy(np.stack(arrays)[:, None])
 
 
@@ -121,7 +124,8 @@ def cached_split(
     if stored is None:
         if not build:
             raise DataError(f"{root}: pixel store {key} missing in {cache.cache_dir()}")
-        stored = cache.write_store(key, load_pixels(index.files, size).numpy())
+        pixels = load_pixels(index.files, size, desc=f"decoding {root} at {size} px")
+        stored = cache.write_store(key, pixels.numpy())
     return PixelSet(
         index.classes,
         index.files,

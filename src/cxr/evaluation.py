@@ -28,7 +28,8 @@ from cxr.calibration import (
 )
 from cxr.config import EvaluateConfig
 from cxr.data import PixelSet, index_folder, load_split
-from cxr.fsio import atomic_dir, write_csv, write_json
+from cxr.dvc_plots import curve_labels, curves_table, reliability_long
+from cxr.fsio import write_csv, write_json
 from cxr.metrics import (
     baseline_report,
     classification_metrics,
@@ -131,40 +132,86 @@ def evaluate_model(
     )
 
 
+def headline(report: dict) -> dict:
+    """metrics/eval.json: the test numbers `dvc exp show` and `dvc metrics diff` list (the
+    full report is reports/eval.json)."""
+    calibration = report["calibration"]
+    numbers = {
+        "accuracy": report["accuracy"],
+        "accuracy_ci": _interval(report["accuracy_ci"]),
+        "balanced_accuracy": report["balanced_accuracy"],
+        "balanced_accuracy_ci": _interval(report["balanced_accuracy_ci"]),
+        # what a constant answer scores, and the model's lead over it (paired bootstrap)
+        "majority_balanced_accuracy": report["baselines"]["majority"]["balanced_accuracy"],
+        "minus_majority_balanced_accuracy": _interval_with(
+            report["baselines"]["model_minus_majority"]["balanced_accuracy"]
+        ),
+        "cohen_kappa": report["cohen_kappa"],
+        "macro_f1": report["macro"]["f1"],
+        "macro_f1_ci": _interval(report["macro_f1_ci"]),
+        "macro_roc_auc": report["macro"]["roc_auc"],
+        "ece": calibration["uncalibrated"]["ece"],
+    }
+    if "temperature_scaled" in calibration:
+        numbers["ece_temperature_scaled"] = calibration["temperature_scaled"]["ece"]
+    return numbers
+
+
+def _interval(ci: dict) -> dict:
+    return {"low": ci.get("low"), "high": ci.get("high")}
+
+
+def _interval_with(difference: dict) -> dict:
+    return {"value": difference["difference"], **_interval(difference)}
+
+
 def write_evaluation(result: Evaluation) -> None:
-    """metrics/eval.json and the DVC plot files: predictions, roc/, pr/ (one file, so one
-    plot, per class), reliability/ and the per-class table."""
-    write_json(layout.EVAL_METRICS, result.report)
+    """reports/eval.json (everything), metrics/eval.json (the headline) and the DVC plot
+    files: predictions (confusion matrices), one ROC, PR and reliability table each, and the
+    per-class table."""
+    write_json(layout.EVAL_REPORT, result.report)
+    write_json(layout.EVAL_METRICS, headline(result.report))
     write_csv(
         layout.PREDICTIONS,
         predictions_frame(result.files, result.y_true, result.probabilities, result.classes),
     )
-    for kind, folder in (("roc", layout.ROC_DIR), ("pr", layout.PR_DIR)):
-        with atomic_dir(folder) as out:
-            for name, frame in result.curves[kind].items():
-                write_csv(out / f"{name}.csv", frame)
-    with atomic_dir(layout.RELIABILITY_DIR) as out:
-        for name, table in result.reliability.items():
-            write_csv(out / f"{name}.csv", table.round(6))
+    per_class = result.report["per_class"]
+    write_csv(layout.ROC, curves_table(result.curves["roc"], per_class, "roc"))
+    write_csv(layout.PR, curves_table(result.curves["pr"], per_class, "pr"))
+    temperature = result.report["calibration"].get("temperature")
+    write_csv(layout.RELIABILITY, reliability_long(result.reliability, temperature).round(6))
     write_csv(layout.PER_CLASS, result.per_class)
 
 
 def evaluation_figures(result: Evaluation) -> dict[str, Figure]:
     """The evaluation as figures, by artifact file name."""
     counts = confusion(result.y_true, result.probabilities.argmax(1), len(result.classes))
+    per_class = result.report["per_class"]
     roc, pr = result.curves["roc"], result.curves["pr"]
     return {
         "confusion_matrix.png": confusion_figure(counts, result.classes),
-        "roc.png": curves_figure(roc, "fpr", "tpr", "ROC, one vs rest (test)", True),
+        "roc.png": curves_figure(
+            roc,
+            ("fpr", "False positive rate (1 − specificity)"),
+            ("tpr", "True positive rate (sensitivity)"),
+            "ROC, one class vs the rest (test split)",
+            curve_labels(per_class, roc, "roc"),
+            diagonal=True,
+        ),
         "precision_recall.png": curves_figure(
-            pr, "recall", "precision", "Precision-recall (test)", False
+            pr,
+            ("recall", "Recall (sensitivity)"),
+            ("precision", "Precision (positive predictive value)"),
+            "Precision-recall, one class vs the rest (test split)",
+            curve_labels(per_class, pr, "pr"),
+            drawstyle="steps-pre",
         ),
         "reliability.png": reliability_figure(result.reliability),
         "per_class.png": per_class_figure(result.per_class),
     }
 
 
-def _interval(ci: dict) -> str:
+def _bracket(ci: dict) -> str:
     low, high = ci.get("low"), ci.get("high")
     return "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
 
@@ -176,9 +223,9 @@ def summary_line(result: Evaluation) -> str:
     cal = report["calibration"]
     after = cal.get("temperature_scaled", {}).get("ece")
     return (
-        f"evaluate: test accuracy {report['accuracy']:.3f}{_interval(report['accuracy_ci'])}, "
+        f"evaluate: test accuracy {report['accuracy']:.3f}{_bracket(report['accuracy_ci'])}, "
         f"balanced accuracy {report['balanced_accuracy']:.3f}"
-        f"{_interval(report['balanced_accuracy_ci'])}, "
+        f"{_bracket(report['balanced_accuracy_ci'])}, "
         f"macro-F1 {report['macro']['f1']:.3f}, ECE {cal['uncalibrated']['ece']:.3f}"
         + (f" → {after:.3f} (T={cal['temperature']:.2f})" if after is not None else "")
         + f" on {len(result.y_true)} images"
@@ -202,7 +249,7 @@ def baseline_line(report: dict) -> str:
         f"evaluate: the model {VERDICTS[verdict]} the majority baseline (always "
         f"{majority['class']}): balanced accuracy {report['balanced_accuracy']:.3f} vs "
         f"{majority['balanced_accuracy']:.3f}, difference {difference['difference']:+.3f}"
-        f"{_interval(difference)}; accuracy {report['accuracy']:.3f} vs "
+        f"{_bracket(difference)}; accuracy {report['accuracy']:.3f} vs "
         f"{majority['accuracy']:.3f}"
     )
     return line if verdict == "beats" else "WARNING: " + line

@@ -83,10 +83,11 @@ class GradCAM:
         self._handle.remove()
 
     def __call__(
-        self, inputs: torch.Tensor, class_index: torch.Tensor | None = None
+        self, inputs: torch.Tensor, class_index: torch.Tensor | None = None, relative: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Heat maps (N, H, W) in [0, 1] for `class_index` (default: the predicted class),
-        and the softmax probabilities (N, C)."""
+        """Heat maps (N, H, W) for `class_index` (default: the predicted class), and the
+        softmax probabilities (N, C). `relative`: each map scaled to [0, 1] by its own
+        range; else the raw ReLU(Σ α_k A_k), comparable across the classes of one image."""
         self.model.eval()
         with torch.enable_grad():
             logits = self.model(inputs)
@@ -101,12 +102,14 @@ class GradCAM:
         cam = F.relu((weights * activations).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
         cam = cam[:, 0]
+        self.activations = self.gradients = None
+        if not relative:
+            return cam.detach().cpu(), logits.detach().softmax(1).cpu()
         low = cam.amin(dim=(1, 2), keepdim=True)
         high = cam.amax(dim=(1, 2), keepdim=True)
         spread = high - low
         # Relative scaling: raw maps of an untrained or deep network can be ~1e-15 everywhere.
         cam = torch.where(spread > 0, (cam - low) / torch.where(spread > 0, spread, 1.0), 0.0)
-        self.activations = self.gradients = None
         return cam.cpu(), logits.detach().softmax(1).cpu()
 
 
@@ -182,13 +185,17 @@ def compute_cams(
     device: torch.device,
     arch: str,
     batch_size: int = 32,
+    desc: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Heat maps (N, S, S) and probabilities (N, C) for a uint8 pixel store, in batches."""
+    """Heat maps (N, S, S) and probabilities (N, C) for a uint8 pixel store, in batches
+    (progress shown under `desc`, if given)."""
     from cxr.data import Normalize, batch_indices
+    from cxr.progress import progress
 
     normalize = Normalize(arch).to(device)
     cams, probabilities = [], []
-    for index in batch_indices(len(pixels), batch_size):
+    batches = batch_indices(len(pixels), batch_size)
+    for index in progress(batches, desc, unit="batches") if desc else batches:
         inputs = normalize(pixels[index].to(device))
         target = None if class_index is None else class_index[index]
         cam, prob = explainer(inputs, target)

@@ -19,22 +19,30 @@ MODEL = Path("models/model.pt")
 # Resume state of an interrupted train stage; not a DVC output (see dvc.yaml), keyed instead.
 CHECKPOINT = Path("models/checkpoint/last.pt")
 
+# DVC metrics: how good the model is, and nothing else, so `dvc exp show` and
+# `dvc metrics diff` stay readable. The stages' full reports sit in reports/ (plain outputs).
 METRICS = Path("metrics")
-DOWNLOAD_METRICS = METRICS / "download.json"
-DATA_METRICS = METRICS / "data.json"
-AUGMENT_METRICS = METRICS / "augment.json"
-TRAIN_METRICS = METRICS / "train.json"
-EVAL_METRICS = METRICS / "eval.json"
-GRADCAM_METRICS = METRICS / "gradcam.json"
+TRAIN_METRICS = METRICS / "train.json"  # the kept epoch's validation scores
+EVAL_METRICS = METRICS / "eval.json"  # headline test metrics (cxr.evaluation.headline)
+GRADCAM_METRICS = METRICS / "gradcam.json"  # overall localisation scores
+
+REPORTS = Path("reports")
+DOWNLOAD_REPORT = REPORTS / "download.json"  # images, masks, rejects per class
+DATA_REPORT = REPORTS / "data.json"  # per-split class counts, duplicate groups
+AUGMENT_REPORT = REPORTS / "augment.json"  # per-class counts before/after oversampling
+EVAL_REPORT = REPORTS / "eval.json"  # every test metric; recomputable from PREDICTIONS
+GRADCAM_REPORT = REPORTS / "gradcam.json"  # localisation per class, layer and method
 
 PLOTS = Path("plots")
 TRAIN_HISTORY = PLOTS / "train_history.csv"
 PREDICTIONS = PLOTS / "predictions.csv"
 CLASS_DISTRIBUTION = PLOTS / "class_distribution.csv"
 GRADCAM_DIR = PLOTS / "gradcam"
-ROC_DIR = PLOTS / "roc"  # <Class>.csv: one-vs-rest ROC curve (fpr, tpr)
-PR_DIR = PLOTS / "pr"  # <Class>.csv: one-vs-rest precision-recall curve
-RELIABILITY_DIR = PLOTS / "reliability"  # uncalibrated.csv [, temperature_scaled.csv]
+# grids/<Class>_{correct,wrong}.png (DVC image plots), overlays/<Class>/{correct,wrong}/*.png
+# One file per chart (long tables for the templates in .dvc/plots/; cxr.dvc_plots).
+ROC = PLOTS / "roc.csv"  # class, curve, point, fpr, tpr
+PR = PLOTS / "precision_recall.csv"  # class, curve, point, recall, precision
+RELIABILITY = PLOTS / "reliability.csv"  # probabilities, bin_low, bin_high, confidence, ...
 PER_CLASS = PLOTS / "per_class.csv"  # long table for the per-class bar chart
 
 

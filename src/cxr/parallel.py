@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
+from cxr.progress import progress
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -21,17 +23,24 @@ def ordered_map(
     workers: int | None = None,
     initializer: Callable[..., None] | None = None,
     initargs: tuple[Any, ...] = (),
+    desc: str = "",
+    unit: str = "images",
 ) -> list[Result]:
     """`list(map(fn, items))` over worker processes; results come back in input order.
+    With `desc`, progress is shown as results arrive (cxr.progress).
 
     Outputs must not depend on the number of workers: callers derive every random seed from
     the item itself, never from a worker's position.
     """
     workers = default_workers() if workers is None else workers
+
+    def shown(results: Any) -> Any:
+        return progress(results, desc, len(items), unit) if desc else results
+
     if workers <= 1 or len(items) < 2 * workers:
         if initializer is not None:
             initializer(*initargs)
-        return [fn(item) for item in items]
+        return [fn(item) for item in shown(items)]
     chunksize = max(1, min(64, len(items) // (workers * 4)))
     with ProcessPoolExecutor(workers, initializer=initializer, initargs=initargs) as pool:
-        return list(pool.map(fn, items, chunksize=chunksize))
+        return list(shown(pool.map(fn, items, chunksize=chunksize)))

@@ -1,8 +1,14 @@
-"""`cxr-predict`: class probabilities (and optionally a Grad-CAM overlay) for image files.
+"""`cxr-predict`: class probabilities (and optionally a Grad-CAM figure) for image files.
 
 Preprocessing is the evaluation path's own: `cxr.images.read_gray8` → `cxr.data.preprocess`
-at the checkpoint's image size → `cxr.data.Normalize`. A file that cannot be read gets an
-error line naming it; the other files are still scored, and the exit status is 1.
+at the checkpoint's image size → `cxr.data.Normalize`. A file that cannot be read gets its
+error in the output (table row or JSON `error`), printed once; the other files are still
+scored, and the exit status is 1.
+
+The Grad-CAM figure shows the original beside the overlay, the explained class and its
+probability in the title, and a colour bar. Maps are on one absolute scale per image: the
+maps of all classes are computed and divided by the largest of them, so a class the model
+finds no evidence for shows a faint map, not a full-strength one.
 """
 
 from __future__ import annotations
@@ -13,10 +19,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from cxr.errors import CxrError
+
+DEFAULT_MODEL = Path("models/model.pt")
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,7 @@ class Prediction:
     image: str
     probabilities: dict[str, float] | None = None
     error: str | None = None
+    cam: str | None = None  # the Grad-CAM figure written for this image
 
     @property
     def predicted(self) -> str | None:
@@ -34,11 +45,14 @@ class Prediction:
     def as_dict(self) -> dict:
         if self.error is not None:
             return {"image": self.image, "error": self.error}
-        return {
+        result = {
             "image": self.image,
             "predicted": self.predicted,
             "probabilities": self.probabilities,
         }
+        if self.cam is not None:
+            result["cam"] = self.cam
+        return result
 
 
 def cam_path(out: Path, image: Path, several: bool) -> Path:
@@ -57,9 +71,8 @@ def predict_files(
     """Score every file; unreadable ones become a Prediction with `error` set."""
     from cxr.data import Normalize, load_pixels  # evaluation's decode and resize
     from cxr.images import BadImageError
-    from cxr.models import load_checkpoint
 
-    model, card = load_checkpoint(model_path, "cpu")
+    model, card = open_model(model_path)
     if label is not None and label not in card.classes:
         raise CxrError(f"--label {label!r}: the model's classes are {list(card.classes)}")
     normalize = Normalize(card.arch)
@@ -72,38 +85,82 @@ def predict_files(
             continue
         with torch.no_grad():
             probs = model(normalize(pixels)).softmax(1)[0].numpy()
-        results.append(
-            Prediction(
-                str(path), {c: round(float(p), 6) for c, p in zip(card.classes, probs, strict=True)}
-            )
-        )
+        probabilities = {c: round(float(p), 6) for c, p in zip(card.classes, probs, strict=True)}
+        written = None
         if cam_out is not None:
             target = card.classes.index(label) if label else int(probs.argmax())
-            out = cam_path(cam_out, Path(path), len(paths) > 1)
-            write_cam(model, card.arch, pixels, target, out, target_layer, method, card.classes)
+            written = cam_path(cam_out, Path(path), len(paths) > 1)
+            write_cam(model, card, Path(path), pixels, target, written, target_layer, method)
+        results.append(
+            Prediction(str(path), probabilities, cam=None if written is None else str(written))
+        )
     return results
+
+
+def open_model(path: Path) -> tuple[torch.nn.Module, Any]:
+    """The checkpoint at `path`, or a CxrError that names it and says what to do."""
+    from cxr.models import load_checkpoint
+
+    if not path.is_file():
+        hint = (
+            "train one with `dvc repro` (it writes models/model.pt)"
+            if path == DEFAULT_MODEL
+            else f"check the path (the default is {DEFAULT_MODEL})"
+        )
+        what = "is a folder, not a file" if path.is_dir() else "no such file"
+        raise CxrError(f"--model {path}: {what}; {hint}")
+    try:
+        return load_checkpoint(path, "cpu")
+    except CxrError:
+        raise
+    except Exception as err:  # not a checkpoint of ours: say so instead of a traceback
+        raise CxrError(
+            f"--model {path}: not a cxr model checkpoint ({type(err).__name__}: {err})"
+        ) from None
+
+
+def class_maps(
+    model: torch.nn.Module, card: Any, pixels: torch.Tensor, layer: str, method: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM maps of every class for one image, on one absolute scale (divided by the
+    largest value of any class's map), and the probabilities."""
+    from cxr.data import Normalize
+    from cxr.gradcam import GradCAM, choose_layer
+
+    _, module = choose_layer(model, card.arch, pixels.shape[-1], layer)
+    inputs = Normalize(card.arch)(pixels)
+    with GradCAM(model, module, method) as explainer:
+        maps = []
+        for k in range(len(card.classes)):
+            cam, probs = explainer(inputs, torch.tensor([k]), relative=False)
+            maps.append(cam[0].numpy())
+    stacked = np.stack(maps)
+    peak = stacked.max()
+    return (stacked / peak if peak > 0 else stacked), probs[0].numpy()
 
 
 def write_cam(
     model: torch.nn.Module,
-    arch: str,
+    card: Any,
+    image: Path,
     pixels: torch.Tensor,
     target: int,
     out: Path,
     layer: str,
     method: str,
-    classes: tuple[str, ...],
 ) -> None:
-    """Grad-CAM of class `target` over the image, saved as a PNG overlay."""
-    from cxr.data import Normalize
-    from cxr.gradcam import GradCAM, choose_layer
-    from cxr.plots import overlay_figure, save_figure
+    """The figure for class `target`: original beside overlay, title with class and
+    probability, colour bar on the absolute scale (see `class_maps`)."""
+    from cxr.plots import cam_figure, display_image, save_figure
 
-    _, module = choose_layer(model, arch, pixels.shape[-1], layer)
-    with GradCAM(model, module, method) as explainer:
-        cam, probs = explainer(Normalize(arch)(pixels), torch.tensor([target]))
-    title = f"Grad-CAM: {classes[target]} (p={float(probs[0, target]):.2f})"
-    save_figure(overlay_figure(pixels[0, 0].numpy(), cam[0].numpy(), title, 0.45), out)
+    maps, probs = class_maps(model, card, pixels, layer, method)
+    predicted = int(probs.argmax())
+    name = card.classes[target]
+    title = f"{image.name}\nGrad-CAM of {name}: p({name}) = {probs[target]:.2f}"
+    if target != predicted:
+        title += f" (predicted: {card.classes[predicted]}, p = {probs[predicted]:.2f})"
+    scale = f"Grad-CAM of {name}\n(1 = strongest map of any class\nfor this image)"
+    save_figure(cam_figure(display_image(image), maps[target], title, scale), out)
 
 
 def table(results: list[Prediction]) -> str:
@@ -123,22 +180,34 @@ def table(results: list[Prediction]) -> str:
 def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(
         prog="cxr-predict",
-        description="Class probabilities for chest X-ray images from a trained checkpoint.",
+        description="Class probabilities for chest X-ray images from a trained checkpoint, "
+        "optionally with a Grad-CAM figure per image.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    cli.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    cli.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    cli.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    cli.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="trained checkpoint")
     cli.add_argument("--json", action="store_true", help="print JSON instead of a table")
     cli.add_argument(
         "--cam",
         type=Path,
         metavar="OUT.png",
-        help="write a Grad-CAM overlay (OUT_<image>.png for several images)",
+        help="write a Grad-CAM figure: original beside overlay, colour bar "
+        "(OUT_<image>.png for several images); not written by default",
     )
     cli.add_argument(
-        "--label", metavar="CLASS", help="class explained by --cam (default: predicted)"
+        "--label",
+        metavar="CLASS",
+        help="class explained by --cam; by default each image's predicted class",
     )
-    cli.add_argument("--target-layer", default="auto", help="layer for --cam (default: auto)")
-    cli.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++"])
+    cli.add_argument(
+        "--target-layer",
+        default="auto",
+        help="layer for --cam: auto (the architecture's deepest with a map of >= 8 cells a "
+        "side) or a dotted path such as layer4",
+    )
+    cli.add_argument(
+        "--method", default="gradcam", choices=["gradcam", "gradcam++"], help="for --cam"
+    )
     return cli
 
 
@@ -155,9 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:
         print(table(results))
-    failed = [r for r in results if r.error is not None]
-    for r in failed:
-        print(f"cxr-predict: error: {r.error}", file=sys.stderr)
+    failed = [r.image for r in results if r.error is not None]
+    if failed:  # each error is in the output once; this only says which files and why exit 1
+        print(
+            f"cxr-predict: {len(failed)} of {len(results)} images not scored: {', '.join(failed)}",
+            file=sys.stderr,
+        )
     return 1 if failed else 0
 
 

@@ -339,7 +339,7 @@ def ingest(
     """
     classes = detect_layout(folder, cfg.extensions, dict(cfg.class_aliases))
     items = _plan(classes, cfg.extensions, dataset_root(folder, cfg.extensions), raw, masks)
-    results = ordered_map(_ingest_one, items, workers)
+    results = ordered_map(_ingest_one, items, workers, desc="download: checking images")
     rejected = pd.DataFrame([r for r in results if "reason" in r], columns=REJECTED_COLUMNS)
     _check_rejects(rejected, cfg.on_bad_image)
     rows = [r for r in results if "reason" not in r]

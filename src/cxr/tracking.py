@@ -33,25 +33,21 @@ import pandas as pd
 from cxr import layout
 from cxr.config import Params
 from cxr.errors import CxrError
+from cxr.run_record import record_stage
 
 STAGES = ("download", "split", "augment", "train", "evaluate", "gradcam")
-
-# What each stage leaves behind that a later-opened run should carry (see `_backfill`).
-STAGE_METRICS = {
-    "download": layout.DOWNLOAD_METRICS,
-    "split": layout.DATA_METRICS,
-    "augment": layout.AUGMENT_METRICS,
-    "train": layout.TRAIN_METRICS,
-    "evaluate": layout.EVAL_METRICS,
-    "gradcam": layout.GRADCAM_METRICS,
-}
 
 TAG_PARAMS_HASH = "cxr.params_hash"
 TAG_DVC_EXP = "cxr.dvc_exp"
 TAG_BASELINE = "cxr.baseline_rev"
 TAG_STAGE_DONE = "cxr.stage.{}"
-# MLflow's own tag for the source commit: the UI links a run to it.
+# MLflow's own tags for the source commit and the source (the UI's Source column).
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_SOURCE_NAME = "mlflow.source.name"
+TAG_SOURCE_TYPE = "mlflow.source.type"
+# Which UI an experiment opens in: model training (runs, metrics, charts), not GenAI traces.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # The data version of a run: the md5 DVC recorded in dvc.lock for these outputs (tag: path).
 DATA_VERSION_TAGS = {
@@ -84,15 +80,6 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def numeric(tree: Mapping[str, Any], prefix: str) -> dict[str, float]:
-    """The numeric leaves of a metrics mapping, with `prefix/` keys."""
-    return {
-        key: float(value)
-        for key, value in flatten(tree, f"{prefix}/").items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
 
 
 def params_dict(params: Params) -> dict[str, Any]:
@@ -206,14 +193,26 @@ class PipelineRun:
         )
         plt.close(figure)
 
-    def log_metrics_file(self, path: Path, prefix: str) -> None:
-        if path.is_file():
-            self.log_metrics(numeric(json.loads(path.read_text()), prefix))
+    def log_table(self, table: pd.DataFrame, artifact_file: str) -> None:
+        """A CSV artifact, which the UI previews as a table (counts, per-class results).
+        Not `MlflowClient.log_table`: that appends to an existing file of the same name, so a
+        retried stage would double its rows."""
+        import tempfile
 
-    def log_history(self, history: pd.DataFrame) -> None:
-        for row in history.to_dict("records"):
-            epoch = int(row.pop("epoch"))
-            self.log_metrics(row, step=epoch)
+        def log() -> None:
+            with tempfile.TemporaryDirectory() as scratch:
+                path = Path(scratch) / Path(artifact_file).name
+                table.to_csv(path, index=False)
+                self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent))
+
+        self._guard(f"table {artifact_file}", log)
+
+    def log_inputs(self, datasets: list[Any]) -> None:
+        """MLflow DatasetInputs (the run's Datasets column)."""
+        self._guard(
+            f"{len(datasets)} dataset(s)",
+            lambda: self.client.log_inputs(self.run_id, datasets=datasets),
+        )
 
     def log_model(self, model: Any, inputs: Any, registered_name: str = "") -> None:
         """The model via `mlflow.pytorch.log_model`, with a signature and an input example
@@ -240,14 +239,17 @@ def _now_ms() -> int:
 
 
 def _log_pytorch_model(uri: str, run_id: str, model: Any, inputs: Any, registered: str) -> None:
+    from importlib.metadata import version
+
     import mlflow
     import mlflow.pytorch
     import torch
-    import torchvision
     from mlflow.models import infer_signature
 
     example = inputs.detach().cpu().numpy()
-    model = model.cpu().eval()
+    # Contiguous weights: torch.export's archive warns "No complete tensor found in the
+    # group!" for channels_last ones (views of a permuted storage).
+    model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     mlflow.set_tracking_uri(uri)
@@ -258,27 +260,32 @@ def _log_pytorch_model(uri: str, run_id: str, model: Any, inputs: Any, registere
             signature=infer_signature(example, output),
             input_example=example,
             registered_model_name=registered or None,
-            # Pinned here: inferring them would import the model again in a subprocess.
-            pip_requirements=[
-                f"torch=={torch.__version__}",
-                f"torchvision=={torchvision.__version__}",
-            ],
+            # Pinned here: inferring them would import the model again in a subprocess. The
+            # installed distributions' versions, not torch.__version__ (`2.x+cu132` is no pip
+            # version: MLflow would warn of a mismatch whenever the model is loaded).
+            # timm: the EfficientNet-Lite architectures are its classes
+            pip_requirements=[f"{n}=={version(n)}" for n in ("torch", "torchvision", "timm")],
         )
 
 
-def data_version(lock: Path = DVC_LOCK) -> dict[str, str]:
-    """Tags naming the data a run used: the md5 of data outputs as recorded in dvc.lock."""
+def lock_hashes(lock: Path = DVC_LOCK) -> dict[str, str]:
+    """The md5 DVC recorded in dvc.lock for each output, by path."""
     import yaml
 
     if not lock.is_file():
         return {}
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    md5s = {
+    return {
         out["path"]: out["md5"]
         for stage in stages.values()
         for out in stage.get("outs", [])
         if "md5" in out
     }
+
+
+def data_version(lock: Path = DVC_LOCK) -> dict[str, str]:
+    """Tags naming the data a run used: the md5 of data outputs as recorded in dvc.lock."""
+    md5s = lock_hashes(lock)
     return {tag: md5s[path] for tag, path in DATA_VERSION_TAGS.items() if path in md5s}
 
 
@@ -304,10 +311,13 @@ def _connect(uri: str, root: Path, experiment: str) -> tuple[Any, str]:
     try:
         found = client.get_experiment_by_name(experiment)
         if found is not None:
+            if found.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
+                client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             return client, found.experiment_id
         location = (root / "mlartifacts").as_uri() if _is_local(uri) else None
+        kind = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
         try:
-            return client, client.create_experiment(experiment, artifact_location=location)
+            return client, client.create_experiment(experiment, location, tags=kind)
         except MlflowException:  # created meanwhile by a parallel experiment
             return client, client.get_experiment_by_name(experiment).experiment_id
     except Exception as err:
@@ -340,10 +350,19 @@ def _find_or_create_run(
 
 def _backfill(run: PipelineRun, stage: str) -> None:
     """Carry what the stages before `stage` recorded, when this run did not see them run."""
+    hashes = lock_hashes()
     for earlier in STAGES[: STAGES.index(stage)]:
-        run.log_metrics_file(STAGE_METRICS[earlier], STAGE_METRICS[earlier].stem)
-        if earlier == "train" and layout.TRAIN_HISTORY.is_file():
-            run.log_history(pd.read_csv(layout.TRAIN_HISTORY))
+        run._guard(
+            f"record of stage {earlier}", lambda s=earlier: record_stage(run, s, hashes, True)
+        )
+
+
+def _source_tags(client: Any, run_id: str, stage: str) -> dict[str, str]:
+    """The run's source: the pipeline stages that have logged to it (`dvc.yaml: train,
+    evaluate`), so the UI's Source column says what produced the run."""
+    tags = client.get_run(run_id).data.tags
+    ran = [s for s in STAGES if s == stage or TAG_STAGE_DONE.format(s) in tags]
+    return {TAG_SOURCE_NAME: f"dvc.yaml: {', '.join(ran)}", TAG_SOURCE_TYPE: "LOCAL"}
 
 
 def _run_tags(params: Params) -> dict[str, str]:
@@ -385,12 +404,14 @@ def pipeline_run(stage: str, params: Params) -> Iterator[PipelineRun]:
     run_id, created = _find_or_create_run(client, experiment_id, stage, tags)
     run = PipelineRun(client, run_id, stage, tracking_uri(root))
     run.set_tags(_provenance_tags())
+    run._guard("source tags", lambda: run.set_tags(_source_tags(client, run_id, stage)))
     if created:
         run.log_params(loggable_params(params))
         _backfill(run, stage)
     status = "FAILED"
     try:
         yield run
+        run._guard(f"record of stage {stage}", lambda: record_stage(run, stage, lock_hashes()))
         status = "FINISHED"
         done = TAG_STAGE_DONE.format(stage)
         run._guard(f"tag {done}", lambda: client.set_tag(run_id, done, "done"), force=True)

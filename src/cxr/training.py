@@ -47,6 +47,7 @@ from cxr.errors import ConfigError
 from cxr.fsio import atomic_file, sha256_file
 from cxr.metrics import balanced_accuracy
 from cxr.models import MODEL_SPECS
+from cxr.progress import progress
 
 
 def select_device(requested: str) -> torch.device:
@@ -423,7 +424,11 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float, 
     seen = 0
     lr = t.optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
-    for pixels_cpu, labels_cpu in t.loader:
+    batches: Iterable = t.loader
+    if t.world.is_writer:  # a bar (terminal) or a line every few seconds (logs)
+        total = -(-len(t.sampler) // cfg.batch_size)
+        batches = progress(t.loader, f"epoch {epoch}/{cfg.epochs}", total, "batches")
+    for pixels_cpu, labels_cpu in batches:
         if len(labels_cpu) < 2:  # BatchNorm cannot train on a single image
             continue
         pixels = pixels_cpu.to(t.device, non_blocking=True)
