@@ -152,6 +152,11 @@ def evaluation_figures(result: Evaluation) -> dict[str, Figure]:
     }
 
 
+def _bound(value: float | None) -> float:
+    """A confidence bound for printing: nan only when there is none (0.0 is a bound)."""
+    return float("nan") if value is None else value
+
+
 def summary_line(result: Evaluation) -> str:
     """One line for the console: accuracy with its interval, macro-F1, calibration."""
     report = result.report
@@ -159,7 +164,7 @@ def summary_line(result: Evaluation) -> str:
     after = cal.get("temperature_scaled", {}).get("ece")
     return (
         f"evaluate: test accuracy {report['accuracy']:.3f} "
-        f"[{ci.get('low') or float('nan'):.3f}, {ci.get('high') or float('nan'):.3f}], "
+        f"[{_bound(ci.get('low')):.3f}, {_bound(ci.get('high')):.3f}], "
         f"macro-F1 {report['macro']['f1']:.3f}, ECE {cal['uncalibrated']['ece']:.3f}"
         + (f" → {after:.3f} (T={cal['temperature']:.2f})" if after is not None else "")
         + f" on {len(result.y_true)} images"
