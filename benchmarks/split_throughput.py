@@ -15,7 +15,7 @@ from pathlib import Path
 
 import splitfolders
 
-from cxr.config import SplitConfig, parse_params
+from cxr.config import DataConfig, SplitConfig, SyntheticConfig
 from cxr.sources import fetch
 from cxr.split import split_dataset
 
@@ -40,8 +40,7 @@ def main() -> None:
         root = Path(scratch)
         data = root / "data"
         data.mkdir()
-        synthetic = {"n_images": args.images, "image_size": args.size}
-        cfg = parse_params({"data": {"synthetic": synthetic}}).data
+        cfg = DataConfig(synthetic=SyntheticConfig(n_images=args.images, image_size=args.size))
         start = time.perf_counter()
         fetch(cfg, root, data / "raw", data / "masks", data / "m.csv", data / "r.csv")
         ingest = time.perf_counter() - start

@@ -4,6 +4,7 @@ plot renders, calibration never touches the test split."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +19,7 @@ from conftest import make_split_folders
 from cxr import evaluation
 from cxr.calibration import calibration_summary, scale_probabilities
 from cxr.config import EvaluateConfig
-from cxr.evaluation import evaluate_model, evaluation_figures, summary_line
+from cxr.evaluation import Evaluation, evaluate_model, evaluation_figures, summary_line
 from cxr.metrics import metrics_from_predictions, read_predictions
 from cxr.models import ModelCard, build_model
 
@@ -116,3 +117,17 @@ def test_evaluation_reports_and_prints_the_majority_baseline(evaluated_project: 
     )
     assert f"always {CLASSES[0]}" in line
     assert line.startswith("WARNING") == (verdict != "beats")  # an untrained model is flagged
+
+
+def test_summary_line_prints_a_zero_bound_as_zero() -> None:
+    # issue 16, case 11: `low or nan` printed a 0.0 lower bound as nan.
+    report = {
+        "accuracy": 0.1,
+        "accuracy_ci": {"low": 0.0, "high": 0.25},
+        "macro": {"f1": 0.1},
+        "calibration": {"uncalibrated": {"ece": 0.2}},
+    }
+    result = Evaluation(CLASSES, [], np.zeros(4), np.zeros((4, 3)), report, {}, {}, pd.DataFrame())
+    assert "test accuracy 0.100 [0.000, 0.250]" in summary_line(result)
+    no_interval = {**report, "accuracy_ci": {}}
+    assert "[nan, nan]" in summary_line(dataclasses.replace(result, report=no_interval))

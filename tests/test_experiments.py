@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +176,16 @@ def test_exp_apply_restores_a_queued_experiment(project: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["lr"] == QUEUED_LRS["lr-1e-2"]
     assert run(["dvc", "status"], project).stdout.count("changed") == 0
+
+
+def test_password_in_tracking_uri_is_never_printed(project: Path, server: str) -> None:
+    # issue 16, case 3: MLflow prints the URI it is given ("View run ... at: <uri>") at the
+    # end of every stage; the stage hands it the URI without `user:password@`.
+    host = server.removeprefix("http://")
+    done = run(
+        [sys.executable, "stages/evaluate.py"],
+        project,
+        MLFLOW_TRACKING_URI=f"http://ops:pw-4f1e9c@{host}",
+    )
+    assert f"at: http://{host}/#/experiments/" in done.stdout  # printed, password-free
+    assert "pw-4f1e9c" not in done.stdout + done.stderr

@@ -69,3 +69,25 @@ def test_bad_files_raise_naming_file_and_reason(tmp_path: Path) -> None:
         with pytest.raises(BadImageError, match=rf"{name}: {reason}"):
             read_gray8(tmp_path / name)
         assert (tmp_path / name).read_bytes() == before  # never modified
+
+
+def test_16bit_png_decodes_without_float_copies(tmp_path: Path) -> None:
+    # issue 16, case 11: a 1.4 MB 16-bit PNG took 1.75 GB to decode: float64 copies of every
+    # pixel (8 bytes each, several at once). numpy's allocations are traced by tracemalloc.
+    import tracemalloc
+
+    side = 2048
+    ramp = np.add.outer(np.arange(side), np.arange(side)).astype(np.uint16) * 7 + 1000
+    Image.fromarray(ramp).save(tmp_path / "wide.png")  # mode I;16
+    tracemalloc.start()
+    try:
+        got = read_gray8(tmp_path / "wide.png")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # bytes per pixel: Pillow's copy of the 16-bit pixels (its tobytes joins chunks: up to 4)
+    # and the 8-bit result; the float64 arithmetic took 25.
+    assert peak / side**2 < 6
+    low, high = int(ramp.min()), int(ramp.max())
+    expected = np.round((ramp - low) * (255.0 / (high - low))).astype(np.uint8)
+    assert np.array_equal(np.asarray(got), expected)

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
-from conftest import copy_project, git_commit, run, set_params, tree_hashes
+from conftest import copy_project, git_commit, run, set_params, tool_env, tree_hashes
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ["download", "split", "augment", "train", "evaluate", "gradcam"]
+STAGES = ["params", "download", "split", "augment", "train", "evaluate", "gradcam"]
 
 # Small enough for CI on two cores, large enough that every class reaches every split.
 SMOKE = {
@@ -142,7 +143,8 @@ def test_forced_repro_is_byte_identical(pipeline: dict, project: Path) -> None:
 
 def test_lr_experiment_reruns_training_only_and_changes_metrics(project: Path) -> None:
     done = run(["dvc", "exp", "run", "-S", "lr=0.003"], project)
-    assert stages_run(done.stdout) == ["train", "evaluate", "gradcam"]
+    # `params` validates the new value first; its output is constant, so it re-runs nothing
+    assert stages_run(done.stdout) == ["params", "train", "evaluate", "gradcam"]
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
     changed = {f"{file}:{key}" for file, keys in diff.items() for key in keys}
     assert any(name.startswith("metrics/train.json:") for name in changed), changed
@@ -150,7 +152,36 @@ def test_lr_experiment_reruns_training_only_and_changes_metrics(project: Path) -
 
 def test_gradcam_key_reruns_gradcam_only(project: Path) -> None:
     done = run(["dvc", "exp", "run", "-S", "gradcam.images_per_class=1"], project)
-    assert stages_run(done.stdout) == ["gradcam"]
+    assert stages_run(done.stdout) == ["params", "gradcam"]
+
+
+def test_params_errors_stop_repro_before_any_output_is_lost(project: Path) -> None:
+    # issue 16, cases 5 and 10: DVC deletes a stage's outputs before running it, so a bad
+    # value found by the train stage cost the model; a deleted key fell back to a code default
+    # and an unknown one was never read. The `params` stage catches all three first.
+    original = (project / "params.yaml").read_text()
+    outputs = ["models/model.pt", "metrics/train.json", "metrics/eval.json", "data/manifest.csv"]
+    before = {name: (project / name).read_bytes() for name in outputs}
+    broken = {
+        "train.epochs": original.replace("  epochs: 2\n", "  epochs: 0\n"),
+        "train.epochs: missing; add `epochs: 4`": original.replace("  epochs: 2\n", ""),
+        "mystery: unknown key": original + "mystery: 1\n",
+    }
+    for named, text in broken.items():
+        assert text != original, named
+        (project / "params.yaml").write_text(text)
+        done = subprocess.run(
+            ["dvc", "repro"], cwd=project, env=tool_env(), capture_output=True, text=True
+        )
+        assert done.returncode != 0, named
+        assert stages_run(done.stdout) == ["params"], named
+        assert named in done.stderr and "Traceback" not in done.stderr
+        assert {name: (project / name).read_bytes() for name in outputs} == before, named
+    (project / "params.yaml").write_text(original)
+    # Valid again: `params` rewrites its (constant) output and nothing after it re-runs.
+    again = run(["dvc", "repro"], project)
+    assert stages_run(again.stdout) == ["params"]
+    assert run(["dvc", "status", "--json"], project).stdout.strip() == "{}"
 
 
 def test_run_is_tracked_in_the_project_store(pipeline: dict, project: Path) -> None:
@@ -160,7 +191,8 @@ def test_run_is_tracked_in_the_project_store(pipeline: dict, project: Path) -> N
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     baseline = runs[0]
-    assert all(baseline.data.tags.get(f"cxr.stage.{stage}") for stage in STAGES)
+    # every stage but `params`, which only validates and logs nothing
+    assert all(baseline.data.tags.get(f"cxr.stage.{stage}") for stage in STAGES[1:])
     assert (
         float(baseline.data.params["lr"])
         == yaml.safe_load((project / "params.yaml").read_text())["lr"]

@@ -143,3 +143,28 @@ def test_probabilities_equal_the_evaluation_path(checkpoint: Path, real_images):
     expected = logits.softmax(1).numpy()
     got = np.array([[r.probabilities[c] for c in CLASSES] for r in results])
     assert np.allclose(got, expected, atol=2e-6)
+
+
+class _Payload:
+    """Unpickling this runs `touch <marker>`: what a hostile model file would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_model_file_is_refused_with_exit_2(real_images, tmp_path: Path) -> None:
+    # issue 16, case 8: a model file holding code. torch refuses it (weights_only=True); the
+    # user gets our error and exit 2, not a traceback that suggests weights_only=False.
+    marker = tmp_path / "code-ran"
+    hostile = tmp_path / "model.pt"
+    torch.save({"format": 1, "card": _Payload(marker), "state_dict": {}}, hostile)
+    done = cxr_predict(real_images[0], "--model", hostile)
+    assert done.returncode == 2, done.stderr
+    assert f"{hostile}: not a model checkpoint written by the train stage" in done.stderr
+    assert "weights_only" not in done.stderr and "Traceback" not in done.stderr
+    assert not marker.exists()

@@ -84,6 +84,17 @@ def test_fail_stops_naming_the_file_and_the_switch(tmp_path: Path) -> None:
     assert not (tmp_path / "project" / "data" / "raw").exists()  # atomic: nothing half-done
 
 
+def test_tiny_image_is_a_bad_image_naming_the_file(tmp_path: Path) -> None:
+    # issue 16, case 11: a 1x1 image passed without a word.
+    source = flat_source(tmp_path / "src")
+    xray(7, size=1).save(source / "A" / "dot.png")
+    with pytest.raises(BadImageError, match=r"A/dot.png: only 1x1 px, below data.min_side=32"):
+        run_fetch(DataConfig(source=str(source)), tmp_path)
+    summary, data = run_fetch(DataConfig(source=str(source), on_bad_image="skip"), tmp_path)
+    rejected = pd.read_csv(data / "rejected.csv")
+    assert list(rejected["source"]) == ["A/dot.png"] and summary["images"] == 6
+
+
 def test_empty_class_folder_is_named(tmp_path: Path) -> None:
     source = flat_source(tmp_path / "src")
     (source / "Empty").mkdir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import yaml
 from servers import free_port
 
 from cxr import layout, tracking
-from cxr.config import Params, parse_params
+from cxr.config import Params, TrackingConfig
 
 
 def test_project_root_leaves_dvc_experiment_workspace(
@@ -44,7 +45,7 @@ def test_data_version_reads_dvc_lock(tmp_path: Path) -> None:
 
 
 def _params(required: bool) -> Params:
-    return parse_params({"tracking": {"required": required, "experiment": "t"}})
+    return Params(tracking=TrackingConfig(required=required, experiment="t"))
 
 
 def test_unreachable_server_fails_at_start_with_a_clear_message(
@@ -59,6 +60,27 @@ def test_unreachable_server_fails_at_start_with_a_clear_message(
     ):
         entered.append(True)
     assert not entered  # no work started
+
+
+def test_unreachable_server_message_hides_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 16, case 3: the "unreachable" error printed MLFLOW_TRACKING_URI with its password.
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(name, "")  # recorded, so what the stage sets is undone after
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://ops:hunter2@127.0.0.1:{free_port()}")
+    with (
+        pytest.raises(tracking.TrackingUnavailableError) as caught,
+        tracking.pipeline_run("train", _params(required=True)),
+    ):
+        pass
+    assert "is unreachable" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    # MLflow gets the credentials from its own variables, never in a URI it could print
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "hunter2"
+    assert "hunter2" not in os.environ["MLFLOW_TRACKING_URI"]
 
 
 def test_unreachable_server_only_warns_when_tracking_optional(

@@ -15,6 +15,7 @@ import torch
 
 from cxr.config import TrainConfig
 from cxr.data import PixelSet
+from cxr.errors import ConfigError
 from cxr.models import build_model
 from cxr.training import SELECTION, EpochStats, fit, load_state, warmup_cosine
 
@@ -207,3 +208,18 @@ def test_head_training_on_cached_features_equals_the_loop() -> None:
     (w_cached, loss_cached), (w_loop, loss_loop) = heads
     assert torch.allclose(w_cached, w_loop, atol=1e-5)
     assert loss_cached == pytest.approx(loss_loop, abs=1e-5)
+
+
+def test_epoch_that_sees_no_image_fails_naming_epoch_and_batch_size() -> None:
+    # issue 16, case 2: batches of one image are skipped (BatchNorm); an epoch made only of
+    # them used to "train" with loss 0.0 and save an untrained model.
+    model = build_model("resnet18", 3)
+    with pytest.raises(ConfigError, match=r"epoch 1 trained on no images.*train\.batch_size"):
+        fit(model, tiny_set(1), tiny_set(6, seed=1), tiny_cfg(), 1e-3, CPU)
+
+
+def test_non_finite_loss_fails_naming_epoch_and_lr() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3)
+    with pytest.raises(ConfigError, match=r"epoch 1: the training loss became nan.*Lower lr"):
+        fit(model, tiny_set(), tiny_set(6, seed=1), tiny_cfg(), float("inf"), CPU)

@@ -4,8 +4,10 @@ The store lives under `<project root>/.cxr_cache/pixels` (git- and DVC-ignored; 
 `CXR_CACHE_DIR`), one `<key>.u8` array of shape (N, 1, S, S) plus `<key>.json` describing it.
 The key hashes the image size and, for every file in order, its path relative to the split
 root, its label and the sha256 of its bytes — so changed data or a new size gets a new entry
-and an unchanged split is never decoded twice. Entries are written under a `.partial` name and
-renamed into place, so a killed build leaves nothing that looks complete.
+and an unchanged split is never decoded twice. Entries are written under a scratch name unique
+to the writer and renamed into place (`cxr.fsio.atomic_file`), so a killed build leaves nothing
+that looks complete, and two processes building the same entry at once (parallel queued
+experiments share the store) both succeed: each renames its own identical copy into place.
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """params.yaml, parsed once into typed, validated dataclasses.
 
-Every stage parses the whole file, so a wrong value anywhere fails at the first stage, before
-any work, with an error that names the key. Unknown keys are errors too: a typo in params.yaml
-must not silently fall back to a default.
+Every stage parses the whole file, and the pipeline's first stage (`params`, see dvc.yaml) does
+nothing else, so a wrong value anywhere fails before any stage works or DVC removes an output,
+with an error that names the key. Unknown keys are errors, and so are missing ones: a typo or a
+deleted line must not silently fall back to a code default. The defaults in the dataclasses
+below are what a missing-key error tells the user to copy into params.yaml; which keys are
+required follows from the dataclasses alone (`missing_keys`), so a new key needs only its field
+here and its line in params.yaml.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import yaml
 from pydantic import (
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -23,8 +28,10 @@ from pydantic.dataclasses import dataclass
 
 from cxr.errors import CxrError
 from cxr.models import MODEL_SPECS, available_models, check_weights_name
+from cxr.urls import ENV_PASSWORD, ENV_TOKEN, ENV_USER, redact, url_secret
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+# Unknown keys are errors; inf and nan are never a valid number of anything (`lr: .inf`).
+_STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ParamsError(CxrError, ValueError):
@@ -48,7 +55,10 @@ class ArchiveConfig:
     retries: int = Field(3, ge=0)  # extra tries after a transient HTTP/network failure
     timeout_s: float = Field(60.0, gt=0)
     max_files: int = Field(100_000, ge=1)  # zip-bomb caps, checked before extracting
-    max_mb: int = Field(4096, ge=1)
+    max_mb: int = Field(4096, ge=1)  # also caps a download (Content-Length and bytes received)
+    # Largest uncompressed/compressed size ratio of a zip member (of a whole tar.gz); images
+    # barely compress, a zip bomb of zeros reaches 1000:1.
+    max_ratio: int = Field(100, ge=1)
 
     @field_validator("sha256")
     @classmethod
@@ -67,6 +77,8 @@ class DataConfig:
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
     extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
     on_bad_image: Literal["fail", "skip"] = "fail"
+    # Images narrower or lower than this many pixels are bad images (see on_bad_image).
+    min_side: int = Field(32, ge=1)
     class_aliases: dict[str, str] = Field(default_factory=dict)  # folder name -> class name
     # A CSV at the source's root with one row per image (its `file` column: the image's path
     # in the source, e.g. COVID/images/x.png) and any other columns, such as the patient; read
@@ -79,6 +91,20 @@ class DataConfig:
     def _source_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must be 'synthetic' or a folder path")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _no_secret_in_url(cls, value: str) -> str:
+        # Params are stored verbatim (dvc.lock, DVC's run-cache, MLflow): refuse, don't store.
+        secret = url_secret(value) if "://" in value else None
+        if secret:
+            raise ValueError(
+                f"the URL carries {secret}, which DVC would store in dvc.lock and MLflow in the "
+                "run's params. Remove it from the URL and give the credentials in ~/.netrc "
+                f"(machine HOST login USER password PASSWORD), or in {ENV_USER} + "
+                f"{ENV_PASSWORD}, or a bearer token in {ENV_TOKEN}"
+            )
         return value
 
     @field_validator("extensions")
@@ -180,7 +206,7 @@ class TrainConfig:
     weights: str = "DEFAULT"
     image_size: int = Field(64, ge=32, le=1024)
     epochs: int = Field(4, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = 32  # >= 2: BatchNorm cannot train on one image (see _trainable_batch)
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
     weight_decay: float = Field(0.01, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -218,6 +244,16 @@ class TrainConfig:
         names = available_models()
         if value not in names:
             raise ValueError(f"unknown model {value!r}; choose one of: {', '.join(names)}")
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _trainable_batch(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(
+                "must be >= 2: BatchNorm layers cannot train on batches of one image, so every "
+                "batch would be skipped and nothing trained"
+            )
         return value
 
     @field_validator("weights")
@@ -277,7 +313,7 @@ class TrackingConfig:
 
 @dataclass(config=_STRICT)
 class Params:
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)  # finite (see _STRICT); above 1 every model diverges
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -301,7 +337,8 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(top level)"
 
 
-def _describe(errors: list[dict[str, Any]], source: str) -> str:
+def _describe(errors: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Pydantic's errors as messages by dotted key."""
     messages: dict[str, list[str]] = {}
     for error in errors:
         key = _key_path(error["loc"])
@@ -312,21 +349,83 @@ def _describe(errors: list[dict[str, Any]], source: str) -> str:
         elif not error["type"].startswith("missing") and not isinstance(
             error.get("input"), dict
         ):  # a whole section's input says nothing the message does not
-            message = f"{message} (got {error.get('input')!r})"
+            # redacted: the rejected value may be a URL with a password in it
+            message = f"{message} (got {redact(repr(error.get('input')))})"
         if message not in messages.setdefault(key, []):
             messages[key].append(message)
-    lines = [f"  {key}: {' | or: '.join(found)}" for key, found in messages.items()]
-    return f"{source} has invalid values:\n" + "\n".join(lines)
+    return messages
+
+
+def _is_section(annotation: Any) -> bool:
+    """Whether a field holds a nested params section (a config dataclass)."""
+    return isinstance(annotation, type) and hasattr(annotation, "__pydantic_fields__")
+
+
+def _flow(value: Any) -> str:
+    """One YAML value on one line: `4`, `[.png, .jpg]`, `{}`."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20)
+    return text.removesuffix("\n...\n").strip()
+
+
+def _yaml_lines(name: str, value: Any, indent: str = "") -> list[str]:
+    if isinstance(value, dict) and value:
+        children = [line for k, v in value.items() for line in _yaml_lines(k, v, indent + "  ")]
+        return [f"{indent}{name}:", *children]
+    return [f"{indent}{name}: {_flow(value)}"]
+
+
+def _default_yaml(name: str, annotation: Any, default: Any) -> str:
+    """`name: <default>` as params.yaml text (a block of lines for a whole section)."""
+    plain = TypeAdapter(annotation).dump_python(default, mode="json")
+    return "\n".join(_yaml_lines(name, plain))
+
+
+def missing_keys(section: type, raw: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Every key of `section` (a config dataclass, recursively) absent from `raw`, with the
+    params.yaml text of its default. Only sections nest; list items keep their own defaults."""
+    missing: dict[str, str] = {}
+    for name, field in section.__pydantic_fields__.items():
+        key = f"{prefix}{name}"
+        if name not in raw:
+            default = field.get_default(call_default_factory=True)
+            missing[key] = _default_yaml(name, field.annotation, default)
+        elif _is_section(field.annotation) and isinstance(raw[name], dict):
+            missing.update(missing_keys(field.annotation, raw[name], f"{key}."))
+    return missing
+
+
+def _missing_messages(missing: dict[str, str]) -> dict[str, list[str]]:
+    messages = {}
+    for key, text in missing.items():
+        parent = key.rpartition(".")[0]
+        where = f"under `{parent}:`" if parent else "at the top level"
+        if "\n" in text:  # a whole section: its block, indented below the message
+            block = "\n      ".join(text.splitlines())
+            messages[key] = [f"missing; add it {where} (the defaults):\n      {block}"]
+        else:
+            messages[key] = [f"missing; add `{text}` {where} (the default)"]
+    return messages
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
-    """Validate a params mapping; raise ParamsError naming every bad key."""
+    """Validate a params mapping; raise ParamsError naming every missing, unknown or bad key.
+
+    Every key is required: code defaults exist only to be named in the error."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source} must hold a mapping of keys, got {type(raw).__name__}")
+    messages = _missing_messages(missing_keys(Params, raw))
+    params = None
     try:
-        return Params(**(raw or {}))
+        params = Params(**raw)
     except ValidationError as err:
-        raise ParamsError(_describe(err.errors(), source)) from None
+        for key, found in _describe(err.errors()).items():
+            messages.setdefault(key, []).extend(found)
     except TypeError as err:  # a top-level value that is not a mapping
-        raise ParamsError(f"{source}: {err}") from None
+        raise ParamsError(f"{source}: {redact(str(err))}") from None
+    if messages or params is None:
+        lines = [f"  {key}: {' | or: '.join(found)}" for key, found in messages.items()]
+        raise ParamsError(f"{source} has missing or invalid values:\n" + "\n".join(lines))
+    return params
 
 
 def read_params_file(path: Path | str = "params.yaml") -> dict[str, Any]:

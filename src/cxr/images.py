@@ -23,16 +23,46 @@ class BadImageError(CxrError, ValueError):
     """A file that is not a usable image; the message names the file and the reason."""
 
 
+WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+# Pixels per block when stretching 32-bit or float images: bounds the float64 temporaries.
+_BLOCK = 1 << 20
+
+
+def _stretch_16bit(array: np.ndarray) -> np.ndarray:
+    """uint16 → uint8 through a 65,536-entry lookup table: no per-pixel float temporaries
+    (a float64 copy of a 50 Mpx image is 400 MB, and the arithmetic made several)."""
+    low, high = int(array.min()), int(array.max())
+    lut = np.zeros(1 << 16, dtype=np.uint8)
+    if high > low:
+        values = np.arange(low, high + 1, dtype=np.float64)
+        # the same arithmetic as `_stretch_blocks`, so every mode maps a value the same way
+        lut[low : high + 1] = np.round((values - low) * (255.0 / (high - low)))
+    return lut[array]
+
+
+def _stretch_blocks(array: np.ndarray) -> np.ndarray:
+    """Any numeric array → uint8, its used range stretched to 0..255, a block at a time."""
+    low, high = float(array.min()), float(array.max())
+    flat, out = array.reshape(-1), np.zeros(array.size, dtype=np.uint8)
+    if high > low:
+        for start in range(0, flat.size, _BLOCK):
+            block = flat[start : start + _BLOCK].astype(np.float64)
+            out[start : start + _BLOCK] = np.round((block - low) * (255.0 / (high - low)))
+    return out.reshape(array.shape)
+
+
 def to_gray8(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit grayscale ('L')."""
     if image.mode == "L":
         return image
-    if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+    if image.mode in WIDE_MODES:
         # Stretch the used range to 0..255: 16-bit X-rays rarely use the full 65535 scale.
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
-        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+        array = np.asarray(image)
+        if array.dtype.kind in "iu" and array.min() >= 0 and array.max() < 1 << 16:
+            gray = _stretch_16bit(array.astype(np.uint16, copy=False))
+        else:
+            gray = _stretch_blocks(array)
+        return Image.fromarray(gray, mode="L")
     if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
         # Transparent pixels become black, as on an X-ray film.
         rgba = image.convert("RGBA")
@@ -51,8 +81,9 @@ def read_gray8(path: Path | str) -> Image.Image:
             # Pillow only warns between 1x and 2x MAX_IMAGE_PIXELS; we refuse those too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                image = ImageOps.exif_transpose(image)
-                image.load()  # decode now: truncated files fail here, not later in training
+                # decode now: truncated files fail here, not later in training
+                image.load()
+                ImageOps.exif_transpose(image, in_place=True)  # no second decoded copy
                 return to_gray8(image)
     except BadImageError:
         raise

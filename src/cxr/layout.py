@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Written by the first stage, `params`, once params.yaml has passed validation; its content
+# never changes, so the stages after it re-run only for their own params and inputs.
+PARAMS_CHECKED = Path("data/params.checked")
 RAW = Path("data/raw")  # <Class>/<name>.png, 8-bit grayscale
 MASKS = Path("data/masks")  # <Class>/<name>.png, same name as the image; may be empty
 MANIFEST = Path("data/manifest.csv")

@@ -556,15 +556,21 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no model checkpoint; run `dvc repro train` first")
+    refused = (
+        f"{path}: not a model checkpoint written by the train stage; refused. Only tensors "
+        "and plain data are ever loaded from a model file, never code. Use the "
+        "models/model.pt of a `dvc repro train` run."
+    )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise WeightsFileError(
-            f"{path}: refused — not a checkpoint of this pipeline (it holds objects other than "
-            "tensors, which could run code when loaded)."
-        ) from None
-    raw = payload["card"]
-    card = ModelCard(**{**raw, "classes": tuple(raw["classes"])})
-    model = build_model(card.arch, len(card.classes), weights="none")
-    model.load_state_dict(payload["state_dict"])
+    except Exception as err:  # torch's own text would suggest weights_only=False: never
+        raise DataError(f"{refused} ({type(err).__name__})") from None
+    try:
+        raw = payload["card"]
+        card = ModelCard(**{**raw, "classes": tuple(raw["classes"])})
+        model = build_model(card.arch, len(card.classes), weights="none")
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # another format
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise DataError(f"{refused} ({type(err).__name__}: {first})") from None
     return model.to(device).eval(), card

@@ -26,6 +26,7 @@ from cxr.errors import CxrError
 from cxr.fsio import atomic_dir, sha256_file, sorted_dirs, sorted_files, write_csv
 from cxr.images import BadImageError, read_gray8, read_mask, save_png
 from cxr.parallel import ordered_map
+from cxr.urls import redact_url
 
 MANIFEST_COLUMNS = [
     "file", "class", "sha256", "phash", "bytes", "width", "height", "source", "mask"
@@ -63,18 +64,13 @@ def _synthetic_folder(cfg: DataConfig, root: Path) -> Iterator[Path]:
 
 @contextmanager
 def _local_folder(cfg: DataConfig, root: Path) -> Iterator[Path]:
-    folder = _resolve(cfg.source, root)
-    if not folder.is_dir():
-        raise SourceError(
-            f"data.source: folder {folder} does not exist. Point data.source at a folder of "
-            "class sub-folders (or the Kaggle database's <Class>/images layout), or use "
-            "'synthetic' for the embedded sample."
-        )
-    yield folder
+    check_source(cfg, root)
+    yield _resolve(cfg.source, root)
 
 
 def _limits(cfg: DataConfig) -> ExtractLimits:
-    return ExtractLimits(cfg.archive.max_files, cfg.archive.max_mb * 1024 * 1024)
+    archive = cfg.archive
+    return ExtractLimits(archive.max_files, archive.max_mb * 1024 * 1024, archive.max_ratio)
 
 
 @contextmanager
@@ -86,10 +82,8 @@ def _extracted(archive: Path, cfg: DataConfig) -> Iterator[Path]:
 
 @contextmanager
 def _local_archive(cfg: DataConfig, root: Path) -> Iterator[Path]:
-    archive = _resolve(cfg.source, root)
-    if not archive.is_file():
-        raise SourceError(f"data.source: archive {archive} does not exist.")
-    with _extracted(archive, cfg) as folder:
+    check_source(cfg, root)
+    with _extracted(_resolve(cfg.source, root), cfg) as folder:
         yield folder
 
 
@@ -97,8 +91,8 @@ def _local_archive(cfg: DataConfig, root: Path) -> Iterator[Path]:
 def _http_archive(cfg: DataConfig, root: Path) -> Iterator[Path]:
     if not cfg.archive.sha256:
         raise SourceError(
-            f"data.archive.sha256: required for a URL source ({cfg.source}); set it to the "
-            "archive's sha256 (`sha256sum file.zip`), so a changed file cannot slip in."
+            f"data.archive.sha256: required for a URL source ({redact_url(cfg.source)}); set "
+            "it to the archive's sha256 (`sha256sum file.zip`), so a changed file cannot slip in."
         )
     with tempfile.TemporaryDirectory(prefix="cxr-download-") as scratch:
         archive = download(
@@ -107,6 +101,7 @@ def _http_archive(cfg: DataConfig, root: Path) -> Iterator[Path]:
             cfg.archive.sha256,
             retries=cfg.archive.retries,
             timeout=cfg.archive.timeout_s,
+            max_bytes=_limits(cfg).max_bytes,
         )
         with _extracted(archive, cfg) as folder:
             yield folder
@@ -178,6 +173,21 @@ def source_kind(source: str) -> tuple[str, SourceOpener]:
     raise SourceError(f"data.source: no source kind accepts {source!r}")
 
 
+def check_source(cfg: DataConfig, root: Path) -> None:
+    """The cheap part of opening a source, for the `params` stage: a local folder or archive
+    must exist (a URL or a Kaggle dataset is only checked when downloaded)."""
+    kind, _ = source_kind(cfg.source)
+    path = _resolve(cfg.source, root)
+    if kind == "folder" and not path.is_dir():
+        raise SourceError(
+            f"data.source: folder {path} does not exist. Point data.source at a folder of "
+            "class sub-folders (or the Kaggle database's <Class>/images layout), or use "
+            "'synthetic' for the embedded sample."
+        )
+    if kind == "archive" and not path.is_file():
+        raise SourceError(f"data.source: archive {path} does not exist.")
+
+
 # ---------------------------------------------------------------- layout detection
 
 
@@ -244,10 +254,16 @@ class _IngestItem:
     mask: Path | None
     image_out: Path
     mask_out: Path | None
+    min_side: int
 
 
 def _read_pair(item: _IngestItem):
     image = read_gray8(item.source)
+    if min(image.size) < item.min_side:
+        raise BadImageError(
+            f"{item.source}: only {image.size[0]}x{image.size[1]} px, below data.min_side="
+            f"{item.min_side} (a thumbnail or a broken export?)"
+        )
     if item.mask is None:
         return image, None
     mask = read_mask(item.mask)
@@ -285,7 +301,7 @@ def _ingest_one(item: _IngestItem) -> dict[str, object]:
 
 
 def _plan(
-    classes: list[ClassFolder], extensions: tuple[str, ...], folder: Path, raw: Path, masks: Path
+    classes: list[ClassFolder], cfg: DataConfig, folder: Path, raw: Path, masks: Path
 ) -> list[_IngestItem]:
     items: list[_IngestItem] = []
     seen: dict[str, Path] = {}
@@ -293,7 +309,7 @@ def _plan(
         (raw / entry.name).mkdir(exist_ok=True)  # two folders may alias one class
         if entry.masks is not None:
             (masks / entry.name).mkdir(exist_ok=True)
-        for path in sorted_files(entry.images, extensions):
+        for path in sorted_files(entry.images, cfg.extensions):
             out_name = f"{entry.name}/{path.stem}.png"
             if out_name in seen:
                 raise SourceError(
@@ -310,6 +326,7 @@ def _plan(
                     mask=mask if has_mask else None,
                     image_out=raw / out_name,
                     mask_out=masks / out_name if has_mask else None,
+                    min_side=cfg.min_side,
                 )
             )
     return items
@@ -338,7 +355,7 @@ def ingest(
     is each image's path below the dataset root (what a metadata CSV names it by).
     """
     classes = detect_layout(folder, cfg.extensions, dict(cfg.class_aliases))
-    items = _plan(classes, cfg.extensions, dataset_root(folder, cfg.extensions), raw, masks)
+    items = _plan(classes, cfg, dataset_root(folder, cfg.extensions), raw, masks)
     results = ordered_map(_ingest_one, items, workers, desc="download: checking images")
     rejected = pd.DataFrame([r for r in results if "reason" in r], columns=REJECTED_COLUMNS)
     _check_rejects(rejected, cfg.on_bad_image)

@@ -87,7 +87,7 @@ def leakage_groups(
 def duplicate_summary(
     manifest: pd.DataFrame, group_of: pd.Series, near: set[int], max_distance: int | None
 ) -> dict[str, int]:
-    """Counts of duplicate groups and of the files merged into them, for metrics/data.json."""
+    """Counts of duplicate groups and of the files merged into them, for reports/data.json."""
     frame = manifest.assign(group=group_of.to_numpy())
     sizes = frame.groupby("group").size()
     multi = sizes[sizes > 1]

@@ -34,6 +34,7 @@ from cxr import layout
 from cxr.config import Params
 from cxr.errors import CxrError
 from cxr.run_record import record_stage
+from cxr.urls import redact, strip_userinfo
 
 STAGES = ("download", "split", "augment", "train", "evaluate", "gradcam")
 
@@ -66,6 +67,20 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
+def _credentials_to_env(uri: str) -> str:
+    """An http(s) URI without its `user:password@`, which go to the variables MLflow reads
+    them from instead (unless already set): MLflow prints the URI it is given ("View run at
+    ..."), so it must never hold a password."""
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    clean, user, password = strip_userinfo(uri)
+    if user is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password or "")
+        os.environ["MLFLOW_TRACKING_URI"] = clean
+    return clean
+
+
 def _is_local(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
@@ -92,9 +107,10 @@ def params_hash(params: Params) -> str:
 
 
 def loggable_params(params: Params) -> dict[str, str]:
-    """Dotted keys as in params.yaml (`train.model`); lists and mappings as JSON."""
+    """Dotted keys as in params.yaml (`train.model`); lists and mappings as JSON; any URL
+    redacted (params are checked to hold no secret, and this holds even if that changes)."""
     return {
-        key.replace("/", "."): value if isinstance(value, str) else json.dumps(value)
+        key.replace("/", "."): redact(value if isinstance(value, str) else json.dumps(value))
         for key, value in flatten(params_dict(params)).items()
     }
 
@@ -137,9 +153,10 @@ class PipelineRun:
         try:
             call()
         except Exception as err:  # a tracking outage must never kill a stage
+            text = redact(str(err))  # a server's message may quote a URL with a password
             if not self.failures:
-                print(f"warning: MLflow logging failed ({what}): {err}", file=sys.stderr)
-            self.failures.append(f"{what}: {type(err).__name__}: {err}")
+                print(f"warning: MLflow logging failed ({what}): {text}", file=sys.stderr)
+            self.failures.append(f"{what}: {type(err).__name__}: {text}")
             self._down_until = time.monotonic() + self.cooldown_s
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -322,7 +339,8 @@ def _connect(uri: str, root: Path, experiment: str) -> tuple[Any, str]:
             return client, client.get_experiment_by_name(experiment).experiment_id
     except Exception as err:
         raise TrackingUnavailableError(
-            f"MLflow tracking store {uri} is unreachable ({type(err).__name__}: {err}).\n"
+            f"MLflow tracking store {redact(uri)} is unreachable "
+            f"({type(err).__name__}: {redact(str(err))}).\n"
             "Fix one of: start the tracking server; unset MLFLOW_TRACKING_URI to use the "
             "project's local store; or set tracking.required: false in params.yaml to run "
             "untracked."
@@ -388,8 +406,9 @@ def _provenance_tags() -> dict[str, str]:
 def pipeline_run(stage: str, params: Params) -> Iterator[PipelineRun]:
     """Open (or join) this pipeline run's MLflow run for one stage."""
     root = layout.project_root()
+    uri = _credentials_to_env(tracking_uri(root))
     try:
-        client, experiment_id = _connect(tracking_uri(root), root, params.tracking.experiment)
+        client, experiment_id = _connect(uri, root, params.tracking.experiment)
     except TrackingUnavailableError as err:
         if params.tracking.required:
             raise
@@ -402,7 +421,7 @@ def pipeline_run(stage: str, params: Params) -> Iterator[PipelineRun]:
         return
     tags = _run_tags(params)
     run_id, created = _find_or_create_run(client, experiment_id, stage, tags)
-    run = PipelineRun(client, run_id, stage, tracking_uri(root))
+    run = PipelineRun(client, run_id, stage, uri)
     run.set_tags(_provenance_tags())
     run._guard("source tags", lambda: run.set_tags(_source_tags(client, run_id, stage)))
     if created:

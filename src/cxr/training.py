@@ -450,9 +450,37 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float, 
         seen += len(labels)
     average_buffers(t.core)
     sums = all_sum([float(total_loss), float(correct), float(seen)], t.device)
+    check_epoch_trained(epoch, sums[2], sums[0], cfg, t.optimizer.param_groups[0]["lr"], t.world)
     seconds = time.perf_counter() - start
     speed = sums[2] / max(seconds, 1e-9)
     return sums[0] / max(sums[2], 1), sums[1] / max(sums[2], 1), speed, lr
+
+
+def check_epoch_trained(
+    epoch: int,
+    images: float,
+    loss: float,
+    cfg: TrainConfig,
+    lr: float,
+    world: World,
+    what: str = "training loss",
+) -> None:
+    """Stop instead of saving a model that did not train: an epoch that saw no image (every
+    batch was a single image, skipped) or whose loss is no longer a finite number."""
+    if images == 0:
+        raise ConfigError(
+            f"train: epoch {epoch} trained on no images: every batch held a single image, "
+            "which BatchNorm cannot train on, so all were skipped. Check that "
+            f"data/augmented/train holds images for each of the {world.size} process(es) and "
+            f"that train.batch_size ({cfg.batch_size}) is at least 2."
+        )
+    if not math.isfinite(loss):
+        raise ConfigError(
+            f"train: epoch {epoch}: the {what} became {loss} (not finite), so the "
+            f"weights are lost. Lower lr (now {lr:g}); check train.optimizer "
+            f"({cfg.optimizer}), train.weight_decay ({cfg.weight_decay:g}) and, on a GPU, "
+            f"train.amp ({cfg.amp})."
+        )
 
 
 @torch.no_grad()
@@ -555,6 +583,8 @@ def fit(
             break
         train_loss, train_acc, speed, lr_now = train_one_epoch(trainer, epoch)
         val_loss, val_acc, val_bal, val_f1 = validate(trainer, val)
+        if not math.isfinite(val_loss):  # finite training loss, but the weights blew up
+            check_epoch_trained(epoch, 1, val_loss, cfg, lr_now, world, "validation loss")
         stats = EpochStats(
             epoch, train_loss, train_acc, val_loss, val_acc, val_bal, val_f1, lr_now, speed
         )
