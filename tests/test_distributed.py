@@ -26,7 +26,7 @@ def test_two_rank_ddp_trains_identically_and_only_rank_0_writes(tmp_path: Path) 
     with sqlite3.connect(root / "mlflow.db") as db:
         runs = db.execute("select count(*) from runs").fetchone()[0]
         steps = db.execute(
-            "select step from metrics where key = 'val_loss' order by step"
+            "select step from metrics where key = 'val/loss' order by step"
         ).fetchall()
     assert runs == 1  # rank 1 never opened MLflow
     assert [step for (step,) in steps] == list(range(1, epochs + 1))

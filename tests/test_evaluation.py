@@ -124,10 +124,14 @@ def test_summary_line_prints_a_zero_bound_as_zero() -> None:
     report = {
         "accuracy": 0.1,
         "accuracy_ci": {"low": 0.0, "high": 0.25},
+        "balanced_accuracy": 0.3,
+        "balanced_accuracy_ci": {"low": 0.0, "high": 0.5},
         "macro": {"f1": 0.1},
         "calibration": {"uncalibrated": {"ece": 0.2}},
     }
     result = Evaluation(CLASSES, [], np.zeros(4), np.zeros((4, 3)), report, {}, {}, pd.DataFrame())
     assert "test accuracy 0.100 [0.000, 0.250]" in summary_line(result)
-    no_interval = {**report, "accuracy_ci": {}}
-    assert "[nan, nan]" in summary_line(dataclasses.replace(result, report=no_interval))
+    assert "balanced accuracy 0.300 [0.000, 0.500]" in summary_line(result)
+    no_interval = {**report, "accuracy_ci": {}}  # no resamples: no interval, and no nan
+    line = summary_line(dataclasses.replace(result, report=no_interval))
+    assert "test accuracy 0.100, balanced" in line and "nan" not in line

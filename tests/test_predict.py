@@ -81,7 +81,7 @@ def test_missing_model_is_one_exact_error(real_images, tmp_path: Path):
     bogus = tmp_path / "bogus.pt"
     bogus.write_bytes(b"not a checkpoint")
     bad = cxr_predict(real_images[0], "--model", bogus)
-    assert bad.returncode == 2 and "not a cxr model checkpoint" in bad.stderr
+    assert bad.returncode == 2 and "not a model checkpoint" in bad.stderr
     assert bad.stderr.count("cxr-predict: error:") == 1 and "Traceback" not in bad.stderr
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cxr import layout, run_record
-from cxr.config import parse_params
+from cxr.config import Params, TrackingConfig
 
 
 def test_epoch_metrics_are_named_by_split():
@@ -89,7 +89,7 @@ def test_stage_records_go_to_a_real_store(tmp_path: Path, monkeypatch: pytest.Mo
         "schema: '2.0'\nstages:\n  split:\n    outs:\n    - path: data/split\n"
         "      md5: 0123456789abcdef0123456789abcdef.dir\n"
     )
-    params = parse_params({"tracking": {"experiment": "t"}})
+    params = Params(tracking=TrackingConfig(experiment="t"))
     with tracking.pipeline_run("evaluate", params) as run:
         assert not run.failures, run.failures
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
