@@ -84,7 +84,7 @@ def test_wrong_values_name_the_key(override: dict, key: str) -> None:
 
 
 def test_lr_inf_in_params_yaml_is_refused_as_not_finite(tmp_path: Path) -> None:
-    text = (PROJECT / "params.yaml").read_text().replace("\nlr: 0.001\n", "\nlr: .inf\n")
+    text = (PROJECT / "params.yaml").read_text().replace("\nlr: 0.0005\n", "\nlr: .inf\n")
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match=r"  lr: Input should be a finite number"):
         load_params(tmp_path / "params.yaml")

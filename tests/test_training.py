@@ -145,7 +145,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path: Path) -> None:
 def test_checkpoint_of_other_params_is_not_resumed(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p", per_class=2, epochs=1)
     run_train(root)
-    params = (root / "params.yaml").read_text().replace("lr: 0.001", "lr: 0.002")
+    params = (root / "params.yaml").read_text().replace("lr: 0.0005", "lr: 0.002")
     (root / "params.yaml").write_text(params)
     log = run_train(root)
     assert "resuming" not in log

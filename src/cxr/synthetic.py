@@ -10,8 +10,9 @@ heart and two dark lung fields, plus a class-specific finding with its lesion ma
 
 Class shares follow the COVID-19 Radiography Database (3616 / 6012 / 10192 / 1345 images).
 The output uses that database's layout, `<Class>/images/<Class>-<n>.png` and
-`<Class>/masks/<Class>-<n>.png`, with a `manifest.csv` naming a made-up patient for every
-two images, so it goes through the same ingestion (and patient-grouped split) as real data.
+`<Class>/masks/<Class>-<n>.png`, with a `manifest.csv` naming a made-up patient per image
+(every tenth image shares the previous one's), so it goes through the same ingestion and
+patient-grouped split as real data.
 """
 
 from __future__ import annotations
@@ -206,8 +207,9 @@ def generate(out_dir: Path, n_images: int, size: int, seed: int) -> dict[str, in
             rows.append(
                 {
                     "file": f"{class_name}/images/{class_name}-{number}.png",
-                    # two images per (made-up) patient, so patient-grouped splits get exercised
-                    "patient": f"synthetic:{class_name}-{(number + 1) // 2}",
+                    # every tenth image is a second one of the previous image's (made-up)
+                    # patient, so the patient-grouped split has groups to keep together
+                    "patient": f"synthetic:{class_name}-{number - (number % 10 == 0)}",
                 }
             )
     (out_dir / "README.txt").write_text(README.format(seed=seed))
