@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from cxr import synthetic
-from cxr.augment import augment_train, build_pipeline
-from cxr.config import AugmentConfig, load_params
-from cxr.parallel import default_workers
+from cxr.core.config import AugmentConfig, load_params
+from cxr.core.parallel import default_workers
+from cxr.data import synthetic
+from cxr.data.augment import augment_train, build_pipeline
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cxr.parallel import ordered_map
-from cxr.synthetic import class_counts, draw_phantom
+from cxr.core.parallel import ordered_map
+from cxr.data.synthetic import class_counts, draw_phantom
 
 
 def _write(job: tuple[Path, str, int, int]) -> None:

@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxr.augment import augment_train
-from cxr.config import Params, parse_params, read_params_file
-from cxr.data import cached_split, index_folder, load_split
-from cxr.metrics import baseline_report, classification_metrics
-from cxr.models import build_model, resolve_weights
-from cxr.sources import fetch
-from cxr.split import split_dataset
-from cxr.training import fit, predict_logits, seed_everything
+from cxr.core.config import Params, parse_params, read_params_file
+from cxr.data.augment import augment_train
+from cxr.data.sources import fetch
+from cxr.data.split import split_dataset
+from cxr.evaluation.metrics import baseline_report, classification_metrics
+from cxr.training.loop import fit, predict_logits, seed_everything
+from cxr.training.models import build_model, resolve_weights
+from cxr.training.pixels import cached_split, index_folder, load_split
 
 # The README's real-data recipe is `pretrained_full`; every other row changes what its name
 # says. Keys are params.yaml keys, as `dvc exp run -S` takes them.

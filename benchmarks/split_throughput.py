@@ -15,9 +15,9 @@ from pathlib import Path
 
 import splitfolders
 
-from cxr.config import DataConfig, SplitConfig, SyntheticConfig
-from cxr.sources import fetch
-from cxr.split import split_dataset
+from cxr.core.config import DataConfig, SplitConfig, SyntheticConfig
+from cxr.data.sources import fetch
+from cxr.data.split import split_dataset
 
 
 def timed(fn, out: Path, *args, repeats: int = 3, **kwargs) -> float:

@@ -2,7 +2,7 @@
 
 Prints, in one run, on the same model, batch size, image size and worker count:
   (a) model-only steps on random tensors already on the device (the ceiling);
-  (b) our end-to-end training from the cached uint8 pixel store (cxr.training.train_one_epoch:
+  (b) our end-to-end training from the cached uint8 pixel store (cxr.training.loop.train_one_epoch:
       batches gathered from a GPU-resident copy of the store when it fits, else by DataLoader
       workers over the memory-mapped store; batch augmentation on the device, channels_last,
       AMP on CUDA);
@@ -29,11 +29,9 @@ import torchvision
 from torch import nn
 from torchvision import transforms
 
-from cxr.config import TrainConfig, load_params
-from cxr.data import DeviceBatches, cached_split
-from cxr.distributed import World
-from cxr.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-from cxr.training import (
+from cxr.core.config import TrainConfig, load_params
+from cxr.training.distributed import World
+from cxr.training.loop import (
     make_trainer,
     memory_format,
     precision_for,
@@ -41,6 +39,8 @@ from cxr.training import (
     select_device,
     train_one_epoch,
 )
+from cxr.training.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from cxr.training.pixels import DeviceBatches, cached_split
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,11 +1,11 @@
 """Stage `augment`: oversample the train split's minority classes with Augmentor."""
 
-from cxr import layout
-from cxr.augment import augment_train
-from cxr.config import load_params
-from cxr.errors import run_stage
-from cxr.fsio import write_json
-from cxr.tracking import pipeline_run
+from cxr.core import layout
+from cxr.core.config import load_params
+from cxr.core.errors import run_stage
+from cxr.core.fsio import write_json
+from cxr.data.augment import augment_train
+from cxr.tracking.runs import pipeline_run
 
 
 def main() -> None:

@@ -1,11 +1,11 @@
 """Stage `download`: fetch `data.source` into data/raw, data/masks and data/manifest.csv."""
 
-from cxr import layout
-from cxr.config import load_params
-from cxr.errors import run_stage
-from cxr.fsio import write_json
-from cxr.sources import fetch
-from cxr.tracking import pipeline_run
+from cxr.core import layout
+from cxr.core.config import load_params
+from cxr.core.errors import run_stage
+from cxr.core.fsio import write_json
+from cxr.data.sources import fetch
+from cxr.tracking.runs import pipeline_run
 
 
 def main() -> None:

@@ -8,20 +8,20 @@ class), plots/reliability.csv and plots/per_class.csv. The same plots go to the 
 figures under evaluation/ (the files and metrics are recorded when the stage ends).
 """
 
-from cxr import layout
-from cxr.config import load_params
-from cxr.errors import run_stage
-from cxr.evaluation import (
+from cxr.core import layout
+from cxr.core.config import load_params
+from cxr.core.errors import run_stage
+from cxr.evaluation.evaluate import (
     baseline_line,
     evaluate_model,
     evaluation_figures,
     summary_line,
     write_evaluation,
 )
-from cxr.models import load_checkpoint
-from cxr.run_record import EVALUATION_FOLDER
-from cxr.tracking import pipeline_run
-from cxr.training import select_device
+from cxr.tracking.record import EVALUATION_FOLDER
+from cxr.tracking.runs import pipeline_run
+from cxr.training.loop import select_device
+from cxr.training.models import load_checkpoint
 
 
 def main() -> None:

@@ -9,17 +9,23 @@ class's map lies inside them, against the masks' own area share (what an uninfor
 would score); metrics/gradcam.json holds the overall scores.
 """
 
-from cxr import layout
-from cxr.config import load_params
-from cxr.data import load_split
-from cxr.errors import run_stage
-from cxr.fsio import write_json
-from cxr.gradcam import GradCAM, choose_layer, compute_cams, load_masks, localisation_report
-from cxr.models import load_checkpoint
-from cxr.plots import write_gradcam_overlays
-from cxr.run_record import GRADCAM_FOLDER
-from cxr.tracking import pipeline_run
-from cxr.training import select_device
+from cxr.core import layout
+from cxr.core.config import load_params
+from cxr.core.errors import run_stage
+from cxr.core.fsio import write_json
+from cxr.evaluation.figures import write_gradcam_overlays
+from cxr.explanation.gradcam import (
+    GradCAM,
+    choose_layer,
+    compute_cams,
+    load_masks,
+    localisation_report,
+)
+from cxr.tracking.record import GRADCAM_FOLDER
+from cxr.tracking.runs import pipeline_run
+from cxr.training.loop import select_device
+from cxr.training.models import load_checkpoint
+from cxr.training.pixels import load_split
 
 
 def main() -> None:

@@ -8,11 +8,11 @@ exists. Its one output, data/params.checked, has constant content: passing never
 stage run.
 """
 
-from cxr import layout
-from cxr.config import load_params
-from cxr.errors import run_stage
-from cxr.fsio import atomic_file
-from cxr.sources import check_source
+from cxr.core import layout
+from cxr.core.config import load_params
+from cxr.core.errors import run_stage
+from cxr.core.fsio import atomic_file
+from cxr.data.sources import check_source
 
 CHECKED = "params.yaml passed validation (stages/params.py)\n"
 

@@ -1,11 +1,11 @@
 """Stage `split`: data/raw → data/split/{train,val,test}/<Class> with split-folders."""
 
-from cxr import layout
-from cxr.config import load_params
-from cxr.errors import run_stage
-from cxr.fsio import write_json
-from cxr.split import split_dataset
-from cxr.tracking import pipeline_run
+from cxr.core import layout
+from cxr.core.config import load_params
+from cxr.core.errors import run_stage
+from cxr.core.fsio import write_json
+from cxr.data.split import split_dataset
+from cxr.tracking.runs import pipeline_run
 
 
 def main() -> None:

@@ -15,24 +15,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr import layout
-from cxr.config import load_params
-from cxr.data import Normalize, cached_split, index_folder
-from cxr.distributed import (
+from cxr.core import layout
+from cxr.core.config import load_params
+from cxr.core.errors import run_stage
+from cxr.core.fsio import write_csv, write_json
+from cxr.core.progress import epoch_line
+from cxr.evaluation.figures import history_figure
+from cxr.tracking.record import TRAINING_FOLDER, epoch_metrics
+from cxr.tracking.runs import writer_run
+from cxr.training.distributed import (
     check_ranks_agree,
     device_for,
     process_group,
     world_from_env,
     writer_first,
 )
-from cxr.errors import run_stage
-from cxr.fsio import write_csv, write_json
-from cxr.models import ModelCard, build_model, resolve_weights, save_checkpoint
-from cxr.plots import history_figure
-from cxr.progress import epoch_line
-from cxr.run_record import TRAINING_FOLDER, epoch_metrics
-from cxr.tracking import writer_run
-from cxr.training import (
+from cxr.training.loop import (
     EpochStats,
     fit,
     resume_key,
@@ -40,6 +38,8 @@ from cxr.training import (
     select_device,
     summarize,
 )
+from cxr.training.models import ModelCard, build_model, resolve_weights, save_checkpoint
+from cxr.training.pixels import Normalize, cached_split, index_folder
 
 
 def main() -> None:

@@ -152,8 +152,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def make_split_folders(root: Path, size: int, per_class: int) -> None:
     """Synthetic phantoms + lesion masks in the layout the stages read."""
-    from cxr.images import save_png
-    from cxr.synthetic import draw_phantom
+    from cxr.data.images import save_png
+    from cxr.data.synthetic import draw_phantom
 
     for split_index, split in enumerate(("val", "test", "train")):
         for class_index, name in enumerate(EVAL_CLASSES):
@@ -177,7 +177,7 @@ def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     evaluation, DVC plots and MLflow page tests; none of them may change it."""
     import torch
 
-    from cxr.models import ModelCard, build_model, save_checkpoint
+    from cxr.training.models import ModelCard, build_model, save_checkpoint
 
     project_copy = copy_project(tmp_path_factory.mktemp("evaluated"))
     make_split_folders(project_copy, size=64, per_class=6)

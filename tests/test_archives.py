@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr.archives import ArchiveError, ExtractLimits, download, safe_extract
+from cxr.data.archives import ArchiveError, ExtractLimits, download, safe_extract
 
 LIMITS = ExtractLimits(max_files=100, max_bytes=1 << 20)
 

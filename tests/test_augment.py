@@ -10,10 +10,10 @@ import pytest
 from conftest import PROJECT, tree_hashes
 from PIL import Image
 
-from cxr.augment import augment_train
-from cxr.config import AugmentConfig, DataConfig, SplitConfig, load_params
-from cxr.sources import fetch
-from cxr.split import split_dataset, split_of_files
+from cxr.core.config import AugmentConfig, DataConfig, SplitConfig, load_params
+from cxr.data.augment import augment_train
+from cxr.data.sources import fetch
+from cxr.data.split import split_dataset, split_of_files
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.cache import open_store, write_store
+from cxr.training.cache import open_store, write_store
 
 ROUNDS = 60
 

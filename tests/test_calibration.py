@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from cxr.calibration import (
+from cxr.evaluation.calibration import (
     calibration_summary,
     expected_calibration_error,
     fit_temperature,

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import PROJECT, tool_env
 
-from cxr.config import EvaluateConfig, Params, ParamsError, load_params, parse_params
+from cxr.core.config import EvaluateConfig, Params, ParamsError, load_params, parse_params
 
 
 def project_params() -> dict:

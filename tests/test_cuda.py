@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxr.data import DeviceBatches, EpochSampler, PixelSet, batch_loader, fits_on_device
+from cxr.training.pixels import DeviceBatches, EpochSampler, PixelSet, batch_loader, fits_on_device
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_project import PROJECT, make_project, run_train, stage_env

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxr import cache
-from cxr.data import (
+from cxr.training import cache
+from cxr.training.pixels import (
     DeviceBatches,
     EpochSampler,
     PixelSet,

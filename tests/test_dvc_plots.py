@@ -76,7 +76,7 @@ def test_reliability_has_the_diagonal_and_bin_counts(specs):
 def test_confusion_axes_match_the_mlflow_figure(specs):
     import numpy as np
 
-    from cxr.plots import confusion_figure
+    from cxr.evaluation.figures import confusion_figure
 
     figure = confusion_figure(np.eye(3, dtype=int), CLASSES)
     mlflow_axis = figure.axes[0]

@@ -1,4 +1,4 @@
-"""The evaluate stage's logic (cxr.evaluation) and the evaluate and gradcam stages run in a
+"""The evaluate stage's logic (cxr.evaluation.evaluate) and the evaluate and gradcam stages run in a
 project copy: every metric they report recomputes from the predictions file, every declared
 plot renders, calibration never touches the test split."""
 
@@ -16,12 +16,12 @@ import torch
 from conftest import EVAL_CLASSES as CLASSES
 from conftest import make_split_folders
 
-from cxr import evaluation
-from cxr.calibration import calibration_summary, scale_probabilities
-from cxr.config import EvaluateConfig
-from cxr.evaluation import Evaluation, evaluate_model, evaluation_figures, summary_line
-from cxr.metrics import metrics_from_predictions, read_predictions
-from cxr.models import ModelCard, build_model
+from cxr.core.config import EvaluateConfig
+from cxr.evaluation import evaluate as evaluation
+from cxr.evaluation.calibration import calibration_summary, scale_probabilities
+from cxr.evaluation.evaluate import Evaluation, evaluate_model, evaluation_figures, summary_line
+from cxr.evaluation.metrics import metrics_from_predictions, read_predictions
+from cxr.training.models import ModelCard, build_model
 
 
 def test_evaluate_stage_outputs_recompute_from_predictions_file(evaluated_project: Path):

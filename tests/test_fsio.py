@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cxr.errors import DiskFullError, run_stage
-from cxr.fsio import atomic_dir, atomic_file, partial_path, write_json
+from cxr.core.errors import DiskFullError, run_stage
+from cxr.core.fsio import atomic_dir, atomic_file, partial_path, write_json
 
 
 def test_atomic_dir_replaces_only_on_success(tmp_path: Path) -> None:

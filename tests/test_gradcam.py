@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxr.data import Normalize
-from cxr.gradcam import WEIGHTINGS, GradCAM, choose_layer, localisation
-from cxr.models import MODEL_SPECS, build_model
-from cxr.synthetic import draw_phantom
+from cxr.data.synthetic import draw_phantom
+from cxr.explanation.gradcam import WEIGHTINGS, GradCAM, choose_layer, localisation
+from cxr.training.models import MODEL_SPECS, build_model
+from cxr.training.pixels import Normalize
 
 
 def phantom_batch(size: int, n: int = 2, arch: str = "resnet18") -> torch.Tensor:
@@ -51,7 +51,7 @@ def test_auto_layer_keeps_maps_of_at_least_min_map_size():
 
 
 def test_unknown_target_layer_is_a_clear_error():
-    from cxr.errors import ConfigError
+    from cxr.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"gradcam.target_layer: resnet18 has no layer 'layer9'"):
         choose_layer(build_model("resnet18", 3), "resnet18", 64, override="layer9")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.images import BadImageError, read_gray8
+from cxr.data.images import BadImageError, read_gray8
 
 
 def gradient(size: int = 32) -> np.ndarray:

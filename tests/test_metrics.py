@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr.metrics import classification_metrics, metrics_from_predictions
+from cxr.evaluation.metrics import classification_metrics, metrics_from_predictions
 
 CLASSES = ("A", "B", "C")
 # Rows: true class, columns: predicted class. Column sums 9, 8, 8; row sums 8, 10, 7; N = 25.
@@ -108,7 +108,7 @@ def test_bootstrap_is_seeded():
 
 
 def test_predictions_frame_recomputes_metrics_after_a_csv_round_trip(tmp_path: Path):
-    from cxr.metrics import predictions_frame, round_probabilities
+    from cxr.evaluation.metrics import predictions_frame, round_probabilities
 
     y_true, probabilities = noisy_predictions(90, np.random.default_rng(2))
     probabilities = round_probabilities(probabilities)
@@ -121,7 +121,7 @@ def test_predictions_frame_recomputes_metrics_after_a_csv_round_trip(tmp_path: P
 def test_majority_baseline_against_hand_worked_values_and_verdicts() -> None:
     from sklearn.metrics import f1_score
 
-    from cxr.metrics import baseline_report
+    from cxr.evaluation.metrics import baseline_report
 
     train_labels = np.array([0] * 30 + [1] * 10 + [2] * 5)  # class A is the train majority
     y_true = np.array([0] * 12 + [1] * 6 + [2] * 4)
@@ -148,7 +148,7 @@ def test_majority_baseline_against_hand_worked_values_and_verdicts() -> None:
 
 
 def test_paired_bootstrap_difference_is_the_resampled_gap() -> None:
-    from cxr.metrics import paired_bootstrap_difference
+    from cxr.evaluation.metrics import paired_bootstrap_difference
 
     rng = np.random.default_rng(0)
     y_true = rng.integers(0, 3, 80)

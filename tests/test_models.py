@@ -19,8 +19,8 @@ import torch
 import torchvision
 from PIL import Image
 
-from cxr.config import ParamsError, parse_params
-from cxr.models import (
+from cxr.core.config import ParamsError, parse_params
+from cxr.training.models import (
     MODEL_SPECS,
     WeightsFileError,
     build_model,
@@ -120,7 +120,7 @@ def test_local_state_dict_loads_strictly_outside_the_head(tmp_path: Path) -> Non
 def test_safetensors_and_pipeline_checkpoints_load(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from cxr.models import ModelCard, save_checkpoint
+    from cxr.training.models import ModelCard, save_checkpoint
 
     saved = saved_resnet18(tmp_path / "r.pth")
     save_file(saved, tmp_path / "r.safetensors")

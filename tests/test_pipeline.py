@@ -120,7 +120,7 @@ def test_exp_show_lists_only_model_metrics(project: Path) -> None:
 
 def _leaves(project: Path, files: set[str]) -> set[str]:
     """The dotted keys `dvc exp show` makes of the metrics files' leaves."""
-    from cxr.tracking import flatten
+    from cxr.tracking.runs import flatten
 
     return {
         key.replace("/", ".")

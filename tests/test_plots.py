@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxr.calibration import reliability_table
-from cxr.metrics import classification_metrics, curve_frames, per_class_frame
-from cxr.plots import (
+from cxr.evaluation.calibration import reliability_table
+from cxr.evaluation.figures import (
     CAM_CMAP,
     GRID_SCALE,
     MASK_LABEL,
@@ -23,6 +22,7 @@ from cxr.plots import (
     save_figure,
     write_gradcam_overlays,
 )
+from cxr.evaluation.metrics import classification_metrics, curve_frames, per_class_frame
 
 CLASSES = ("COVID", "Normal", "Viral Pneumonia")
 
@@ -155,7 +155,7 @@ def test_gradcam_overlays_go_under_class_and_outcome_capped_per_class(tmp_path: 
 
 def test_grid_title_counts_the_class_not_the_panels(tmp_path: Path, monkeypatch):
     """`COVID: 2 of 3 test images correctly classified (showing 1)`."""
-    import cxr.plots as plots
+    import cxr.evaluation.figures as plots
 
     titles = []
     real = plots.cam_grid

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import tool_env
 
-from cxr.models import ModelCard, build_model, save_checkpoint
+from cxr.training.models import ModelCard, build_model, save_checkpoint
 
 CLASSES = ("COVID", "Normal", "Viral Pneumonia")
 
@@ -96,9 +96,9 @@ def test_help_shows_defaults():
 def test_cam_maps_share_one_absolute_scale(checkpoint: Path, real_images):
     """All classes' maps of an image are divided by the largest of them: the strongest is 1,
     the others keep their size relative to it (not each stretched to its own maximum)."""
-    from cxr.data import load_pixels
-    from cxr.models import load_checkpoint
     from cxr.predict import class_maps
+    from cxr.training.models import load_checkpoint
+    from cxr.training.pixels import load_pixels
 
     model, card = load_checkpoint(checkpoint)
     pixels = load_pixels((real_images[0],), card.image_size, 1)
@@ -128,10 +128,10 @@ def test_unknown_label_is_a_clear_error(checkpoint: Path, real_images):
 
 def test_probabilities_equal_the_evaluation_path(checkpoint: Path, real_images):
     """predict and evaluate must see the same pixels: compare with load_split + predict_logits."""
-    from cxr.data import load_pixels
-    from cxr.models import load_checkpoint
     from cxr.predict import predict_files
-    from cxr.training import predict_logits
+    from cxr.training.loop import predict_logits
+    from cxr.training.models import load_checkpoint
+    from cxr.training.pixels import load_pixels
 
     files = tuple(real_images[:4])
     results = predict_files(files, checkpoint)

@@ -7,7 +7,7 @@ import io
 import os
 import pty
 
-from cxr.progress import epoch_line, progress
+from cxr.core.progress import epoch_line, progress
 
 
 class Clock:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cxr import layout, run_record
-from cxr.config import Params, TrackingConfig
+from cxr.core import layout
+from cxr.core.config import Params, TrackingConfig
+from cxr.tracking import record as run_record
 
 
 def test_epoch_metrics_are_named_by_split():
@@ -60,7 +61,7 @@ def test_stage_records_go_to_a_real_store(tmp_path: Path, monkeypatch: pytest.Mo
     table, series by split, datasets whose digest is dvc.lock's hash; never counts as metrics."""
     from mlflow.tracking import MlflowClient
 
-    from cxr import tracking
+    from cxr.tracking import runs as tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

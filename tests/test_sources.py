@@ -16,10 +16,10 @@ import pytest
 from conftest import tree_hashes
 from PIL import Image
 
-from cxr.archives import ArchiveError
-from cxr.config import ArchiveConfig, DataConfig
-from cxr.images import BadImageError
-from cxr.sources import SourceError, fetch, kaggle_credentials_present
+from cxr.core.config import ArchiveConfig, DataConfig
+from cxr.data.archives import ArchiveError
+from cxr.data.images import BadImageError
+from cxr.data.sources import SourceError, fetch, kaggle_credentials_present
 
 
 def xray(seed: int, size: int = 40) -> Image.Image:

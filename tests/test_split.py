@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr.config import DataConfig, SplitConfig
-from cxr.sources import fetch
-from cxr.split import SplitError, split_dataset, split_of_files
+from cxr.core.config import DataConfig, SplitConfig
+from cxr.data.sources import fetch
+from cxr.data.split import SplitError, split_dataset, split_of_files
 
 
 def noise(seed: int, size: int = 40) -> np.ndarray:
@@ -50,7 +50,7 @@ def ingest(source: Path, project: Path) -> Path:
 def assert_no_group_straddles(data: Path, split_dir: Path, max_distance: int | None) -> int:
     """Every duplicate group (recomputed here from the manifest) sits in a single split;
     return the number of multi-file groups checked."""
-    from cxr.split import duplicate_groups
+    from cxr.data.split import duplicate_groups
 
     manifest = pd.read_csv(data / "manifest.csv", keep_default_na=False, dtype={"phash": str})
     group_of, _ = duplicate_groups(manifest, max_distance)

@@ -9,8 +9,9 @@ import pytest
 import yaml
 from servers import free_port
 
-from cxr import layout, tracking
-from cxr.config import Params, TrackingConfig
+from cxr.core import layout
+from cxr.core.config import Params, TrackingConfig
+from cxr.tracking import runs as tracking
 
 
 def test_project_root_leaves_dvc_experiment_workspace(

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from cxr.config import TrainConfig
-from cxr.data import PixelSet
-from cxr.errors import ConfigError
-from cxr.models import build_model
-from cxr.training import SELECTION, EpochStats, fit, load_state, warmup_cosine
+from cxr.core.config import TrainConfig
+from cxr.core.errors import ConfigError
+from cxr.training.loop import SELECTION, EpochStats, fit, load_state, warmup_cosine
+from cxr.training.models import build_model
+from cxr.training.pixels import PixelSet
 
 sys.path.insert(0, str(Path(__file__).parent))
 import itertools
@@ -196,7 +196,7 @@ def test_cosine_schedule_steps_per_batch_and_history_records_it() -> None:
 def test_head_training_on_cached_features_equals_the_loop() -> None:
     """Frozen backbone, no random augmentation: training the head on features computed once
     gives the same head as running the backbone every step."""
-    from cxr.config import BatchAugmentConfig
+    from cxr.core.config import BatchAugmentConfig
 
     cfg = tiny_cfg(epochs=3, finetune="head", batch_augment=BatchAugmentConfig(enabled=False))
     heads = []

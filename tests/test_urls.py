@@ -18,7 +18,7 @@ import pytest
 from conftest import run, set_params, tool_env
 from PIL import Image
 
-from cxr.urls import redact, redact_url, request_auth, strip_userinfo, url_secret
+from cxr.core.urls import redact, redact_url, request_auth, strip_userinfo, url_secret
 
 # Drawn per test session, so that no file of the project holds it by chance (this one included).
 SECRET = f"pw-{secrets.token_hex(8)}"

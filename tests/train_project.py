@@ -1,5 +1,5 @@
 """A minimal project folder for running the train stage for real: params.yaml plus tiny
-generated train/val image folders, in the layout the stage reads (cxr.layout)."""
+generated train/val image folders, in the layout the stage reads (cxr.core.layout)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """`cxr-predict`: class probabilities (and optionally a Grad-CAM figure) for image files.
 
-Preprocessing is the evaluation path's own: `cxr.images.read_gray8` → `cxr.data.preprocess`
-at the checkpoint's image size → `cxr.data.Normalize`. A file that cannot be read gets its
-error in the output (table row or JSON `error`), printed once; the other files are still
-scored, and the exit status is 1.
+Preprocessing is the evaluation path's own: `cxr.data.images.read_gray8` →
+`cxr.training.pixels.preprocess` at the checkpoint's image size → `cxr.training.pixels.Normalize`.
+A file that cannot be read gets its error in the output (table row or JSON `error`), printed
+once; the other files are still scored, and the exit status is 1.
 
 The Grad-CAM figure shows the original beside the overlay, the explained class and its
 probability in the title, and a colour bar. Maps are on one absolute scale per image: the
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxr.errors import CxrError
+from cxr.core.errors import CxrError
 
 DEFAULT_MODEL = Path("models/model.pt")
 
@@ -69,8 +69,8 @@ def predict_files(
     method: str = "gradcam",
 ) -> list[Prediction]:
     """Score every file; unreadable ones become a Prediction with `error` set."""
-    from cxr.data import Normalize, load_pixels  # evaluation's decode and resize
-    from cxr.images import BadImageError
+    from cxr.data.images import BadImageError
+    from cxr.training.pixels import Normalize, load_pixels  # evaluation's decode and resize
 
     model, card = open_model(model_path)
     if label is not None and label not in card.classes:
@@ -99,7 +99,7 @@ def predict_files(
 
 def open_model(path: Path) -> tuple[torch.nn.Module, Any]:
     """The checkpoint at `path`, or a CxrError that names it and says what to do."""
-    from cxr.models import load_checkpoint
+    from cxr.training.models import load_checkpoint
 
     if not path.is_file():
         hint = (
@@ -124,8 +124,8 @@ def class_maps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps of every class for one image, on one absolute scale (divided by the
     largest value of any class's map), and the probabilities."""
-    from cxr.data import Normalize
-    from cxr.gradcam import GradCAM, choose_layer
+    from cxr.explanation.gradcam import GradCAM, choose_layer
+    from cxr.training.pixels import Normalize
 
     _, module = choose_layer(model, card.arch, pixels.shape[-1], layer)
     inputs = Normalize(card.arch)(pixels)
@@ -151,7 +151,7 @@ def write_cam(
 ) -> None:
     """The figure for class `target`: original beside overlay, title with class and
     probability, colour bar on the absolute scale (see `class_maps`)."""
-    from cxr.plots import cam_figure, display_image, save_figure
+    from cxr.evaluation.figures import cam_figure, display_image, save_figure
 
     maps, probs = class_maps(model, card, pixels, layer, method)
     predicted = int(probs.argmax())

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from cxr import layout
+from cxr.core import layout
 
 if TYPE_CHECKING:  # for type hints only: tracking imports this module when backfilling
-    from cxr.tracking import PipelineRun
+    from cxr.tracking.runs import PipelineRun
 
 # Report keys that are counts or settings rather than measurements: never logged as metrics.
 COUNT_KEYS = frozenset(

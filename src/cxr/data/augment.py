@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxr.errors import ConfigError
-from cxr.fsio import atomic_dir, sorted_dirs, sorted_files, write_csv
-from cxr.images import read_gray8, save_png, to_gray8
-from cxr.links import link_or_copy
-from cxr.parallel import ordered_map
+from cxr.core.errors import ConfigError
+from cxr.core.fsio import atomic_dir, sorted_dirs, sorted_files, write_csv
+from cxr.data.images import read_gray8, save_png, to_gray8
+from cxr.data.links import link_or_copy
+from cxr.core.parallel import ordered_map
 
 if TYPE_CHECKING:
-    from cxr.config import AugmentConfig, AugmentOp
+    from cxr.core.config import AugmentConfig, AugmentOp
 
 # Augmentor operations that keep an 8-bit grayscale image's size and meaning. Crops and
 # resizes would change the size; colour, invert and black-and-white make no sense on X-rays.

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxr.errors import ConfigError
-from cxr.models import MODEL_SPECS
+from cxr.core.errors import ConfigError
+from cxr.training.models import MODEL_SPECS
 
 
 def _gradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -189,8 +189,8 @@ def compute_cams(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps (N, S, S) and probabilities (N, C) for a uint8 pixel store, in batches
     (progress shown under `desc`, if given)."""
-    from cxr.data import Normalize, batch_indices
-    from cxr.progress import progress
+    from cxr.core.progress import progress
+    from cxr.training.pixels import Normalize, batch_indices
 
     normalize = Normalize(arch).to(device)
     cams, probabilities = [], []
@@ -209,7 +209,7 @@ def load_masks(masks_dir: Path, files: list[Path], size: int) -> list[np.ndarray
     where there is none or it is empty."""
     from PIL import Image
 
-    from cxr.images import read_mask
+    from cxr.data.images import read_mask
 
     masks: list[np.ndarray | None] = []
     for path in files:

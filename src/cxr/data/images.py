@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from cxr.errors import CxrError
+from cxr.core.errors import CxrError
 
 # Pillow's default bomb guard warns at ~89 Mpx; a chest X-ray is < 20 Mpx, so anything far
 # beyond is hostile or broken. Pillow raises DecompressionBombError at twice this value.

@@ -5,7 +5,7 @@ The store lives under `<project root>/.cxr_cache/pixels` (git- and DVC-ignored; 
 The key hashes the image size and, for every file in order, its path relative to the split
 root, its label and the sha256 of its bytes — so changed data or a new size gets a new entry
 and an unchanged split is never decoded twice. Entries are written under a scratch name unique
-to the writer and renamed into place (`cxr.fsio.atomic_file`), so a killed build leaves nothing
+to the writer and renamed into place (`cxr.core.fsio.atomic_file`), so a killed build leaves nothing
 that looks complete, and two processes building the same entry at once (parallel queued
 experiments share the store) both succeed: each renames its own identical copy into place.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.fsio import atomic_file, sha256_file
-from cxr.layout import project_root
+from cxr.core.fsio import atomic_file, sha256_file
+from cxr.core.layout import project_root
 
 FORMAT = 1
 

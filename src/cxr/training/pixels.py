@@ -2,7 +2,7 @@
 
 Each image is decoded and resized once (in worker processes) into one `uint8` array of shape
 (N, 1, S, S): in RAM for evaluation (`load_split`), or, for training, in the memory-mapped
-store of `cxr.cache` (`cached_split`), which later runs on the same data and size reuse.
+store of `cxr.training.cache` (`cached_split`), which later runs on the same data and size reuse.
 Epochs then only gather batches from it (`batch_loader`, with `EpochSampler` deciding the
 order). Random augmentation runs on whole batches of tensors, on the training device, with
 per-sample parameters drawn from a seeded generator. Preprocessing (`preprocess`) is the
@@ -23,15 +23,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
-from cxr import cache
-from cxr.errors import DataError
-from cxr.fsio import sorted_dirs, sorted_files
-from cxr.images import read_gray8
-from cxr.models import MODEL_SPECS
-from cxr.parallel import ordered_map
+from cxr.core.errors import DataError
+from cxr.core.fsio import sorted_dirs, sorted_files
+from cxr.core.parallel import ordered_map
+from cxr.data.images import read_gray8
+from cxr.training import cache
+from cxr.training.models import MODEL_SPECS
 
 if TYPE_CHECKING:
-    from cxr.config import BatchAugmentConfig
+    from cxr.core.config import BatchAugmentConfig
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class PixelSet:
     files: tuple[Path, ...]
     pixels: torch.Tensor  # (N, 1, S, S) uint8
     labels: torch.Tensor  # (N,) int64
-    key: str = ""  # the pixel store's content key (cxr.cache), when loaded from it
+    key: str = ""  # the pixel store's content key (cxr.training.cache), when loaded from it
 
     def __len__(self) -> int:
         return len(self.files)
@@ -113,7 +113,7 @@ def cached_split(
     classes: tuple[str, ...] | None = None,
     build: bool = True,
 ) -> PixelSet:
-    """A split from the memory-mapped pixel store (see cxr.cache), decoding it on a miss.
+    """A split from the memory-mapped pixel store (see cxr.training.cache), decoding it on a miss.
 
     With `build=False` a missing entry is an error: DDP ranks other than 0 wait for rank 0 to
     build the store instead of decoding the same images again.
@@ -242,7 +242,7 @@ def fits_on_device(data: PixelSet, device: torch.device, share: float = 0.25) ->
 
 class Normalize(torch.nn.Module):
     """uint8 (N, 1, H, W) → float (N, 3, H, W) with the input statistics of `arch`'s pretrained
-    weights (`ModelSpec.mean`/`std`, see cxr.models)."""
+    weights (`ModelSpec.mean`/`std`, see cxr.training.models)."""
 
     def __init__(self, arch: str) -> None:
         super().__init__()

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr import synthetic
-from cxr.archives import ExtractLimits, download, safe_extract
-from cxr.config import DataConfig
-from cxr.dedupe import phash_hex
-from cxr.errors import CxrError
-from cxr.fsio import atomic_dir, sha256_file, sorted_dirs, sorted_files, write_csv
-from cxr.images import BadImageError, read_gray8, read_mask, save_png
-from cxr.parallel import ordered_map
-from cxr.urls import redact_url
+from cxr.data import synthetic
+from cxr.data.archives import ExtractLimits, download, safe_extract
+from cxr.core.config import DataConfig
+from cxr.data.dedupe import phash_hex
+from cxr.core.errors import CxrError
+from cxr.core.fsio import atomic_dir, sha256_file, sorted_dirs, sorted_files, write_csv
+from cxr.data.images import BadImageError, read_gray8, read_mask, save_png
+from cxr.core.parallel import ordered_map
+from cxr.core.urls import redact_url
 
 MANIFEST_COLUMNS = [
     "file", "class", "sha256", "phash", "bytes", "width", "height", "source", "mask"

@@ -4,7 +4,7 @@ split-folders does the seeded, per-class (stratified) split. We hand it a groupi
 that each leakage group lands in a single split: images of one patient (`split.group_by`, a
 column of the source's metadata CSV), and duplicates — identical content (same sha256 in the
 manifest) or near-identical (perceptual hashes within `split.near_duplicate_distance` bits, see
-`cxr.dedupe`). One person (or one picture) in train and test would inflate test scores.
+`cxr.data.dedupe`). One person (or one picture) in train and test would inflate test scores.
 split-folders splits each class on its own, so a group spanning two classes (the same image
 under two labels, or a patient with images of two classes) is then moved whole into the split
 holding most of its members.
@@ -19,11 +19,11 @@ from pathlib import Path
 import pandas as pd
 import splitfolders
 
-from cxr.config import SplitConfig
-from cxr.dedupe import group_labels, merge_by_key
-from cxr.errors import CxrError
-from cxr.fsio import atomic_dir, sorted_dirs, sorted_files, write_csv
-from cxr.links import link_tree
+from cxr.core.config import SplitConfig
+from cxr.data.dedupe import group_labels, merge_by_key
+from cxr.core.errors import CxrError
+from cxr.core.fsio import atomic_dir, sorted_dirs, sorted_files, write_csv
+from cxr.data.links import link_tree
 
 SPLITS = ("train", "val", "test")
 

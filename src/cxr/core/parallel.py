@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from cxr.progress import progress
+from cxr.core.progress import progress
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -27,7 +27,7 @@ def ordered_map(
     unit: str = "images",
 ) -> list[Result]:
     """`list(map(fn, items))` over worker processes; results come back in input order.
-    With `desc`, progress is shown as results arrive (cxr.progress).
+    With `desc`, progress is shown as results arrive (cxr.core.progress).
 
     Outputs must not depend on the number of workers: callers derive every random seed from
     the item itself, never from a worker's position.

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cxr.fsio import atomic_dir, atomic_file
+from cxr.core.fsio import atomic_dir, atomic_file
 
 # Fixed metadata so identical figures give identical PNG bytes.
 _PNG_METADATA = {"Software": None}
@@ -76,8 +76,8 @@ DISPLAY_SIZE = 320
 
 def display_image(path: Path, size: int = DISPLAY_SIZE) -> np.ndarray:
     """An image as the model saw it (square, the same resize), at a readable size."""
-    from cxr.data import preprocess
-    from cxr.images import read_gray8
+    from cxr.data.images import read_gray8
+    from cxr.training.pixels import preprocess
 
     return preprocess(read_gray8(path), size)
 
@@ -181,7 +181,7 @@ def cam_grid(
 
 
 GRADCAM_OUTCOMES = ("correct", "wrong")
-GRIDS, OVERLAYS = "grids", "overlays"  # sub-folders of the gradcam output (cxr.layout)
+GRIDS, OVERLAYS = "grids", "overlays"  # sub-folders of the gradcam output (cxr.core.layout)
 # What the stage's maps are: the predicted class's, each scaled to its own maximum.
 GRID_SCALE = "Grad-CAM of the predicted class\n(each map scaled to its own maximum)"
 

@@ -26,9 +26,9 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
-from cxr.errors import CxrError
-from cxr.models import MODEL_SPECS, available_models, check_weights_name
-from cxr.urls import ENV_PASSWORD, ENV_TOKEN, ENV_USER, redact, url_secret
+from cxr.core.errors import CxrError
+from cxr.core.urls import ENV_PASSWORD, ENV_TOKEN, ENV_USER, redact, url_secret
+from cxr.training.models import MODEL_SPECS, available_models, check_weights_name
 
 # Unknown keys are errors; inf and nan are never a valid number of anything (`lr: .inf`).
 _STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -155,7 +155,7 @@ class AugmentOp:
 
     @model_validator(mode="after")
     def _known_operation(self) -> AugmentOp:
-        from cxr.augment import check_operation
+        from cxr.data.augment import check_operation
 
         check_operation(self.name, self.probability, self.args)
         return self
@@ -202,7 +202,7 @@ class BatchAugmentConfig:
 class TrainConfig:
     model: str = "efficientnet_lite0"
     # `none` (from scratch), `DEFAULT` or a torchvision weights name (`IMAGENET1K_V1`, ...), or a
-    # local .pth/.pt/.safetensors file (see cxr.models).
+    # local .pth/.pt/.safetensors file (see cxr.training.models).
     weights: str = "DEFAULT"
     image_size: int = Field(64, ge=32, le=1024)
     epochs: int = Field(4, ge=1)

@@ -4,7 +4,7 @@
 failures with exponential backoff, refuses a body larger than the size cap (from its
 Content-Length, and again while receiving), checks the sha256 and only then moves the file into
 place; on any failure nothing is left behind. Credentials come from the environment or
-~/.netrc (see `cxr.urls`), and every URL in a message is redacted. `safe_extract` unpacks a zip
+~/.netrc (see `cxr.core.urls`), and every URL in a message is redacted. `safe_extract` unpacks a zip
 or tar(.gz) only after checking every member: no absolute paths, no `..`, no links pointing
 outside the target, no device files, caps on file count, total size and compression ratio (a
 zip bomb is refused before it is written, and the byte count is enforced again while writing,
@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 import requests
 from tqdm import tqdm
 
-from cxr.errors import CxrError
-from cxr.fsio import atomic_file, disk_errors
-from cxr.urls import redact_url, request_auth
+from cxr.core.errors import CxrError
+from cxr.core.fsio import atomic_file, disk_errors
+from cxr.core.urls import redact_url, request_auth
 
 CHUNK = 1 << 20
 # HTTP statuses worth another try; anything else >= 400 is final.

@@ -30,8 +30,14 @@ from sklearn.metrics import f1_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cxr.config import TrainConfig
-from cxr.data import (
+from cxr.core.config import TrainConfig
+from cxr.core.errors import ConfigError
+from cxr.core.fsio import atomic_file, sha256_file
+from cxr.core.progress import progress
+from cxr.evaluation.metrics import balanced_accuracy
+from cxr.training.distributed import World, all_sum, average_buffers
+from cxr.training.models import MODEL_SPECS
+from cxr.training.pixels import (
     BatchAugment,
     DeviceBatches,
     EpochSampler,
@@ -42,12 +48,6 @@ from cxr.data import (
     class_weights,
     fits_on_device,
 )
-from cxr.distributed import World, all_sum, average_buffers
-from cxr.errors import ConfigError
-from cxr.fsio import atomic_file, sha256_file
-from cxr.metrics import balanced_accuracy
-from cxr.models import MODEL_SPECS
-from cxr.progress import progress
 
 
 def select_device(requested: str) -> torch.device:

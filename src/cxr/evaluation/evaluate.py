@@ -19,18 +19,23 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from cxr import layout
-from cxr.calibration import (
+from cxr.core import layout
+from cxr.core.config import EvaluateConfig
+from cxr.core.fsio import write_csv, write_json
+from cxr.evaluation.calibration import (
     calibration_summary,
     fit_temperature,
     reliability_table,
     scale_probabilities,
 )
-from cxr.config import EvaluateConfig
-from cxr.data import PixelSet, index_folder, load_split
-from cxr.dvc_plots import curve_labels, curves_table, reliability_long
-from cxr.fsio import write_csv, write_json
-from cxr.metrics import (
+from cxr.evaluation.dvc_plots import curve_labels, curves_table, reliability_long
+from cxr.evaluation.figures import (
+    confusion_figure,
+    curves_figure,
+    per_class_figure,
+    reliability_figure,
+)
+from cxr.evaluation.metrics import (
     baseline_report,
     classification_metrics,
     confusion,
@@ -39,9 +44,9 @@ from cxr.metrics import (
     predictions_frame,
     round_probabilities,
 )
-from cxr.models import ModelCard
-from cxr.plots import confusion_figure, curves_figure, per_class_figure, reliability_figure
-from cxr.training import predict_logits
+from cxr.training.loop import predict_logits
+from cxr.training.models import ModelCard
+from cxr.training.pixels import PixelSet, index_folder, load_split
 
 
 @dataclass(frozen=True)

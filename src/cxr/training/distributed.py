@@ -2,8 +2,9 @@
 
 `torchrun --nproc_per_node N stages/train.py` sets RANK, WORLD_SIZE and LOCAL_RANK; without
 them training is a single process (world size 1) and every helper here is a no-op. Each rank
-trains on its shard of every epoch (see cxr.data.EpochSampler) and DDP averages gradients, so
-all ranks hold the same weights; only rank 0 (`is_writer`) writes files or talks to MLflow.
+trains on its shard of every epoch (see cxr.training.pixels.EpochSampler) and DDP averages
+gradients, so all ranks hold the same weights; only rank 0 (`is_writer`) writes files or talks to
+MLflow.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from cxr.errors import ConfigError
+from cxr.core.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -26,7 +26,7 @@ CHECKPOINT = Path("models/checkpoint/last.pt")
 # `dvc metrics diff` stay readable. The stages' full reports sit in reports/ (plain outputs).
 METRICS = Path("metrics")
 TRAIN_METRICS = METRICS / "train.json"  # the kept epoch's validation scores
-EVAL_METRICS = METRICS / "eval.json"  # headline test metrics (cxr.evaluation.headline)
+EVAL_METRICS = METRICS / "eval.json"  # headline test metrics (cxr.evaluation.evaluate.headline)
 GRADCAM_METRICS = METRICS / "gradcam.json"  # overall localisation scores
 
 REPORTS = Path("reports")
@@ -42,7 +42,7 @@ PREDICTIONS = PLOTS / "predictions.csv"
 CLASS_DISTRIBUTION = PLOTS / "class_distribution.csv"
 GRADCAM_DIR = PLOTS / "gradcam"
 # grids/<Class>_{correct,wrong}.png (DVC image plots), overlays/<Class>/{correct,wrong}/*.png
-# One file per chart (long tables for the templates in .dvc/plots/; cxr.dvc_plots).
+# One file per chart (long tables for the templates in .dvc/plots/; cxr.evaluation.dvc_plots).
 ROC = PLOTS / "roc.csv"  # class, curve, point, fpr, tpr
 PR = PLOTS / "precision_recall.csv"  # class, curve, point, recall, precision
 RELIABILITY = PLOTS / "reliability.csv"  # probabilities, bin_low, bin_high, confidence, ...

@@ -30,11 +30,11 @@ from typing import Any
 
 import pandas as pd
 
-from cxr import layout
-from cxr.config import Params
-from cxr.errors import CxrError
-from cxr.run_record import record_stage
-from cxr.urls import redact, strip_userinfo
+from cxr.core import layout
+from cxr.core.config import Params
+from cxr.core.errors import CxrError
+from cxr.core.urls import redact, strip_userinfo
+from cxr.tracking.record import record_stage
 
 STAGES = ("download", "split", "augment", "train", "evaluate", "gradcam")
 

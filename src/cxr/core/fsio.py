@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxr.errors import DiskFullError
+from cxr.core.errors import DiskFullError
 
 PARTIAL_SUFFIX = ".partial"
 # The writer's machine, in scratch names: only a dead process of *this* machine can be told

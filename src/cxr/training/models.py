@@ -43,8 +43,8 @@ import torch
 import torchvision
 from torch import nn
 
-from cxr.errors import ConfigError, CxrError, DataError
-from cxr.fsio import atomic_file, sha256_file
+from cxr.core.errors import ConfigError, CxrError, DataError
+from cxr.core.fsio import atomic_file, sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,7 +92,7 @@ class ModelSpec:
     build: Callable[[], nn.Module]  # the architecture with its 1000-class head, random init
     head: str  # dotted path of the final classifier layer (Linear or 1x1 Conv2d)
     # Layers Grad-CAM may explain, deepest first; `auto` takes the deepest whose map is large
-    # enough at the input size (see cxr.gradcam.choose_layer).
+    # enough at the input size (see cxr.explanation.gradcam.choose_layer).
     cam_layers: tuple[str, ...]
     min_size: int = 32  # smallest input side the architecture accepts
     mean: tuple[float, float, float] = IMAGENET_MEAN

@@ -1,0 +1,1 @@
+"""cxr: a reproducible chest X-ray classification pipeline."""

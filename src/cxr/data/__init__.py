@@ -1,0 +1,1 @@
+"""The data phase: the download, split and augment stages."""

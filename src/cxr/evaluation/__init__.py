@@ -1,0 +1,1 @@
+"""The evaluation phase: test-split metrics, calibration, figures and DVC plot data."""

@@ -1,0 +1,1 @@
+"""The explanation phase: Grad-CAM."""

@@ -1,0 +1,1 @@
+"""The training phase: models, pixel stores, the training loop."""
