@@ -30,9 +30,11 @@ from cxr.data.augment import augment_train
 from cxr.data.sources import fetch
 from cxr.data.split import split_dataset
 from cxr.evaluation.metrics import baseline_report, classification_metrics
-from cxr.training.loop import fit, predict_logits, seed_everything
+from cxr.training.inference import predict_logits
+from cxr.training.loop import fit
 from cxr.training.models import build_model, resolve_weights
 from cxr.training.pixels import cached_split, index_folder, load_split
+from cxr.training.runtime import seed_everything
 
 # The README's real-data recipe is `pretrained_full`; every other row changes what its name
 # says. Keys are params.yaml keys, as `dvc exp run -S` takes them.

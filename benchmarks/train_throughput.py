@@ -31,16 +31,11 @@ from torchvision import transforms
 
 from cxr.core.config import TrainConfig, load_params
 from cxr.training.distributed import World
-from cxr.training.loop import (
-    make_trainer,
-    memory_format,
-    precision_for,
-    seed_everything,
-    select_device,
-    train_one_epoch,
-)
+from cxr.training.loader import DeviceBatches
+from cxr.training.loop import make_trainer, memory_format, precision_for, train_one_epoch
 from cxr.training.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-from cxr.training.pixels import DeviceBatches, cached_split
+from cxr.training.pixels import cached_split
+from cxr.training.runtime import seed_everything, select_device
 
 
 def synchronize(device: torch.device) -> None:

@@ -20,8 +20,8 @@ from cxr.evaluation.evaluate import (
 )
 from cxr.tracking.record import EVALUATION_FOLDER
 from cxr.tracking.runs import pipeline_run
-from cxr.training.loop import select_device
-from cxr.training.models import load_checkpoint
+from cxr.training.checkpoint import load_checkpoint
+from cxr.training.runtime import select_device
 
 
 def main() -> None:

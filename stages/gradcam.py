@@ -13,19 +13,14 @@ from cxr.core import layout
 from cxr.core.config import load_params
 from cxr.core.errors import run_stage
 from cxr.core.fsio import write_json
-from cxr.evaluation.figures import write_gradcam_overlays
-from cxr.explanation.gradcam import (
-    GradCAM,
-    choose_layer,
-    compute_cams,
-    load_masks,
-    localisation_report,
-)
+from cxr.explanation.figures import write_gradcam_overlays
+from cxr.explanation.gradcam import GradCAM, choose_layer, compute_cams
+from cxr.explanation.localisation import load_masks, localisation_report
 from cxr.tracking.record import GRADCAM_FOLDER
 from cxr.tracking.runs import pipeline_run
-from cxr.training.loop import select_device
-from cxr.training.models import load_checkpoint
+from cxr.training.checkpoint import load_checkpoint
 from cxr.training.pixels import load_split
+from cxr.training.runtime import select_device
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ from cxr.core.config import load_params
 from cxr.core.errors import run_stage
 from cxr.core.fsio import write_csv, write_json
 from cxr.core.progress import epoch_line
-from cxr.evaluation.figures import history_figure
 from cxr.tracking.record import TRAINING_FOLDER, epoch_metrics
 from cxr.tracking.runs import writer_run
+from cxr.training.checkpoint import ModelCard, save_checkpoint
 from cxr.training.distributed import (
     check_ranks_agree,
     device_for,
@@ -30,16 +30,13 @@ from cxr.training.distributed import (
     world_from_env,
     writer_first,
 )
-from cxr.training.loop import (
-    EpochStats,
-    fit,
-    resume_key,
-    seed_everything,
-    select_device,
-    summarize,
-)
-from cxr.training.models import ModelCard, build_model, resolve_weights, save_checkpoint
-from cxr.training.pixels import Normalize, cached_split, index_folder
+from cxr.training.inference import Normalize
+from cxr.training.loop import fit
+from cxr.training.models import build_model, resolve_weights
+from cxr.training.pixels import cached_split, index_folder
+from cxr.training.report import history_figure, summarize
+from cxr.training.runtime import seed_everything, select_device
+from cxr.training.state import EpochStats, resume_key
 
 
 def main() -> None:

@@ -177,7 +177,8 @@ def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     evaluation, DVC plots and MLflow page tests; none of them may change it."""
     import torch
 
-    from cxr.training.models import ModelCard, build_model, save_checkpoint
+    from cxr.training.checkpoint import ModelCard, save_checkpoint
+    from cxr.training.models import build_model
 
     project_copy = copy_project(tmp_path_factory.mktemp("evaluated"))
     make_split_folders(project_copy, size=64, per_class=6)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxr.training.pixels import DeviceBatches, EpochSampler, PixelSet, batch_loader, fits_on_device
+from cxr.training.loader import DeviceBatches, EpochSampler, batch_loader, fits_on_device
+from cxr.training.pixels import PixelSet
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_project import PROJECT, make_project, run_train, stage_env

@@ -10,16 +10,14 @@ import pytest
 import torch
 
 from cxr.training import cache
-from cxr.training.pixels import (
+from cxr.training.loader import (
     DeviceBatches,
     EpochSampler,
-    PixelSet,
     batch_loader,
-    cached_split,
     class_weights,
     fits_on_device,
-    load_split,
 )
+from cxr.training.pixels import PixelSet, cached_split, load_split
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_project import write_images

@@ -21,7 +21,8 @@ from cxr.evaluation import evaluate as evaluation
 from cxr.evaluation.calibration import calibration_summary, scale_probabilities
 from cxr.evaluation.evaluate import Evaluation, evaluate_model, evaluation_figures, summary_line
 from cxr.evaluation.metrics import metrics_from_predictions, read_predictions
-from cxr.training.models import ModelCard, build_model
+from cxr.training.checkpoint import ModelCard
+from cxr.training.models import build_model
 
 
 def test_evaluate_stage_outputs_recompute_from_predictions_file(evaluated_project: Path):

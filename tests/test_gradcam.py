@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxr.data.synthetic import draw_phantom
-from cxr.explanation.gradcam import WEIGHTINGS, GradCAM, choose_layer, localisation
+from cxr.explanation.gradcam import WEIGHTINGS, GradCAM, choose_layer
+from cxr.explanation.localisation import localisation
+from cxr.training.inference import Normalize
 from cxr.training.models import MODEL_SPECS, build_model
-from cxr.training.pixels import Normalize
 
 
 def phantom_batch(size: int, n: int = 2, arch: str = "resnet18") -> torch.Tensor:

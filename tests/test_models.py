@@ -20,15 +20,8 @@ import torchvision
 from PIL import Image
 
 from cxr.core.config import ParamsError, parse_params
-from cxr.training.models import (
-    MODEL_SPECS,
-    WeightsFileError,
-    build_model,
-    get_submodule,
-    model_spec,
-    resolve_weights,
-    torchvision_weights_file,
-)
+from cxr.training.models import MODEL_SPECS, build_model, get_submodule, model_spec, resolve_weights
+from cxr.training.weights import WeightsFileError, torchvision_weights_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_project import make_project, run_train, stage_env, train_command
@@ -120,7 +113,7 @@ def test_local_state_dict_loads_strictly_outside_the_head(tmp_path: Path) -> Non
 def test_safetensors_and_pipeline_checkpoints_load(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from cxr.training.models import ModelCard, save_checkpoint
+    from cxr.training.checkpoint import ModelCard, save_checkpoint
 
     saved = saved_resnet18(tmp_path / "r.pth")
     save_file(saved, tmp_path / "r.safetensors")

@@ -11,18 +11,20 @@ from PIL import Image
 
 from cxr.evaluation.calibration import reliability_table
 from cxr.evaluation.figures import (
-    CAM_CMAP,
-    GRID_SCALE,
-    MASK_LABEL,
-    cam_grid,
     confusion_figure,
     curves_figure,
     per_class_figure,
     reliability_figure,
+)
+from cxr.evaluation.metrics import classification_metrics, curve_frames, per_class_frame
+from cxr.explanation.figures import (
+    CAM_CMAP,
+    GRID_SCALE,
+    MASK_LABEL,
+    cam_grid,
     save_figure,
     write_gradcam_overlays,
 )
-from cxr.evaluation.metrics import classification_metrics, curve_frames, per_class_frame
 
 CLASSES = ("COVID", "Normal", "Viral Pneumonia")
 
@@ -155,7 +157,7 @@ def test_gradcam_overlays_go_under_class_and_outcome_capped_per_class(tmp_path: 
 
 def test_grid_title_counts_the_class_not_the_panels(tmp_path: Path, monkeypatch):
     """`COVID: 2 of 3 test images correctly classified (showing 1)`."""
-    import cxr.evaluation.figures as plots
+    import cxr.explanation.figures as plots
 
     titles = []
     real = plots.cam_grid

@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import tool_env
 
-from cxr.training.models import ModelCard, build_model, save_checkpoint
+from cxr.training.checkpoint import ModelCard, save_checkpoint
+from cxr.training.models import build_model
 
 CLASSES = ("COVID", "Normal", "Viral Pneumonia")
 
@@ -97,7 +98,7 @@ def test_cam_maps_share_one_absolute_scale(checkpoint: Path, real_images):
     """All classes' maps of an image are divided by the largest of them: the strongest is 1,
     the others keep their size relative to it (not each stretched to its own maximum)."""
     from cxr.predict import class_maps
-    from cxr.training.models import load_checkpoint
+    from cxr.training.checkpoint import load_checkpoint
     from cxr.training.pixels import load_pixels
 
     model, card = load_checkpoint(checkpoint)
@@ -129,8 +130,8 @@ def test_unknown_label_is_a_clear_error(checkpoint: Path, real_images):
 def test_probabilities_equal_the_evaluation_path(checkpoint: Path, real_images):
     """predict and evaluate must see the same pixels: compare with load_split + predict_logits."""
     from cxr.predict import predict_files
-    from cxr.training.loop import predict_logits
-    from cxr.training.models import load_checkpoint
+    from cxr.training.checkpoint import load_checkpoint
+    from cxr.training.inference import predict_logits
     from cxr.training.pixels import load_pixels
 
     files = tuple(real_images[:4])

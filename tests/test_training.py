@@ -15,9 +15,11 @@ import torch
 
 from cxr.core.config import TrainConfig
 from cxr.core.errors import ConfigError
-from cxr.training.loop import SELECTION, EpochStats, fit, load_state, warmup_cosine
+from cxr.training.loop import fit
 from cxr.training.models import build_model
+from cxr.training.optim import warmup_cosine
 from cxr.training.pixels import PixelSet
+from cxr.training.state import SELECTION, EpochStats, load_state
 
 sys.path.insert(0, str(Path(__file__).parent))
 import itertools

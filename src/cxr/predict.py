@@ -70,7 +70,8 @@ def predict_files(
 ) -> list[Prediction]:
     """Score every file; unreadable ones become a Prediction with `error` set."""
     from cxr.data.images import BadImageError
-    from cxr.training.pixels import Normalize, load_pixels  # evaluation's decode and resize
+    from cxr.training.inference import Normalize
+    from cxr.training.pixels import load_pixels
 
     model, card = open_model(model_path)
     if label is not None and label not in card.classes:
@@ -99,7 +100,7 @@ def predict_files(
 
 def open_model(path: Path) -> tuple[torch.nn.Module, Any]:
     """The checkpoint at `path`, or a CxrError that names it and says what to do."""
-    from cxr.training.models import load_checkpoint
+    from cxr.training.checkpoint import load_checkpoint
 
     if not path.is_file():
         hint = (
@@ -125,7 +126,7 @@ def class_maps(
     """Grad-CAM maps of every class for one image, on one absolute scale (divided by the
     largest value of any class's map), and the probabilities."""
     from cxr.explanation.gradcam import GradCAM, choose_layer
-    from cxr.training.pixels import Normalize
+    from cxr.training.inference import Normalize
 
     _, module = choose_layer(model, card.arch, pixels.shape[-1], layer)
     inputs = Normalize(card.arch)(pixels)
@@ -151,7 +152,7 @@ def write_cam(
 ) -> None:
     """The figure for class `target`: original beside overlay, title with class and
     probability, colour bar on the absolute scale (see `class_maps`)."""
-    from cxr.evaluation.figures import cam_figure, display_image, save_figure
+    from cxr.explanation.figures import cam_figure, display_image, save_figure
 
     maps, probs = class_maps(model, card, pixels, layer, method)
     predicted = int(probs.argmax())

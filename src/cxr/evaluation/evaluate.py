@@ -44,8 +44,8 @@ from cxr.evaluation.metrics import (
     predictions_frame,
     round_probabilities,
 )
-from cxr.training.loop import predict_logits
-from cxr.training.models import ModelCard
+from cxr.training.checkpoint import ModelCard
+from cxr.training.inference import predict_logits
 from cxr.training.pixels import PixelSet, index_folder, load_split
 
 

@@ -20,14 +20,14 @@ from sklearn.metrics import (
     average_precision_score,
     cohen_kappa_score,
     confusion_matrix,
-    f1_score,
     precision_recall_curve,
     precision_recall_fscore_support,
-    recall_score,
     roc_auc_score,
     roc_curve,
 )
 from sklearn.preprocessing import label_binarize
+
+from cxr.training.scores import balanced_accuracy, macro_f1
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
@@ -40,12 +40,6 @@ def _r(value: float) -> float | None:
     """Round for stable, readable JSON (and `dvc metrics diff`); NaN (undefined) → null."""
     value = float(value)
     return None if np.isnan(value) else round(value, 6)
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    return float(
-        f1_score(y_true, y_pred, labels=range(n_classes), average="macro", zero_division=0)
-    )
 
 
 def specificity(counts: np.ndarray) -> np.ndarray:
@@ -242,13 +236,6 @@ def classification_metrics(
             for k, name in enumerate(classes)
         },
     }
-
-
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean recall over the classes present in `y_true`: scikit-learn's balanced accuracy,
-    without its warning when a prediction names a class the (resampled) truth lacks."""
-    present = np.unique(y_true)
-    return float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
 
 
 # Constant or chance predictors a model must beat, fitted on the train split's labels only.

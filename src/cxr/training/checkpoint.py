@@ -1,0 +1,68 @@
+"""Model checkpoints: weights plus the card that says how the model was trained."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cxr.core.errors import DataError
+from cxr.core.fsio import atomic_file
+from cxr.training.models import MODEL_SPECS, build_model
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a checkpoint needs besides weights to be used exactly as it was trained."""
+
+    arch: str
+    classes: tuple[str, ...]
+    image_size: int
+    weights: str  # the pretrained weights it started from, or `none`
+    epoch: int  # the epoch whose weights were kept
+    weights_sha256: str = ""  # sha256 of the pretrained weights file ("" from scratch)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return MODEL_SPECS[self.arch].mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return MODEL_SPECS[self.arch].std
+
+
+def save_checkpoint(path: Path, model: nn.Module, card: ModelCard) -> None:
+    """Weights plus model card, written atomically."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": 1, "card": asdict(card), "state_dict": state}
+    with atomic_file(path) as scratch:
+        torch.save(payload, scratch)
+
+
+def load_checkpoint(
+    path: Path | str, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the model of a checkpoint (eval mode, on `device`) and its card."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no model checkpoint; run `dvc repro train` first")
+    refused = (
+        f"{path}: not a model checkpoint written by the train stage; refused. Only tensors "
+        "and plain data are ever loaded from a model file, never code. Use the "
+        "models/model.pt of a `dvc repro train` run."
+    )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's own text would suggest weights_only=False: never
+        raise DataError(f"{refused} ({type(err).__name__})") from None
+    try:
+        raw = payload["card"]
+        card = ModelCard(**{**raw, "classes": tuple(raw["classes"])})
+        model = build_model(card.arch, len(card.classes), weights="none")
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # another format
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise DataError(f"{refused} ({type(err).__name__}: {first})") from None
+    return model.to(device).eval(), card
