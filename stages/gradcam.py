@@ -14,7 +14,7 @@ from cxr.core.config import load_params
 from cxr.core.errors import run_stage
 from cxr.core.fsio import write_json
 from cxr.explanation.figures import write_gradcam_overlays
-from cxr.explanation.gradcam import GradCAM, choose_layer, compute_cams
+from cxr.explanation.gradcam import METHODS, choose_layer, compute_cams
 from cxr.explanation.localisation import load_masks, localisation_report
 from cxr.tracking.record import GRADCAM_FOLDER
 from cxr.tracking.runs import pipeline_run
@@ -24,7 +24,7 @@ from cxr.training.runtime import select_device
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(registries=(METHODS,))
     cfg = params.gradcam
     with pipeline_run("gradcam", params) as run:
         device = select_device("auto")
@@ -33,7 +33,7 @@ def main() -> None:
         path, layer = choose_layer(
             model, card.arch, card.image_size, cfg.target_layer, cfg.min_map_size
         )
-        with GradCAM(model, layer, cfg.method) as explainer:
+        with METHODS[cfg.method](model, layer) as explainer:
             # shown: the predicted class's map (what a reader sees); scored: the true class's
             shown_cams, probabilities = compute_cams(
                 explainer,

@@ -13,12 +13,13 @@ from cxr.core.config import load_params
 from cxr.core.errors import run_stage
 from cxr.core.fsio import atomic_file
 from cxr.data.sources import check_source
+from cxr.names import registries
 
 CHECKED = "params.yaml passed validation (stages/params.py)\n"
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(registries=registries())
     check_source(params.data, layout.project_root())
     with atomic_file(layout.PARAMS_CHECKED) as scratch:
         scratch.write_text(CHECKED)

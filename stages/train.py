@@ -31,16 +31,17 @@ from cxr.training.distributed import (
     writer_first,
 )
 from cxr.training.inference import Normalize
-from cxr.training.loop import fit
-from cxr.training.models import build_model, resolve_weights
+from cxr.training.loop import REGIMES, fit
+from cxr.training.models import MODELS, build_model, resolve_weights
+from cxr.training.optim import OPTIMIZERS, SCHEDULERS
 from cxr.training.pixels import cached_split, index_folder
 from cxr.training.report import history_figure, summarize
 from cxr.training.runtime import seed_everything, select_device
-from cxr.training.state import EpochStats, resume_key
+from cxr.training.state import SELECTION, EpochStats, resume_key
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(registries=(MODELS, OPTIMIZERS, SCHEDULERS, REGIMES, SELECTION))
     cfg = params.train
     world = world_from_env()
     device = device_for(world, select_device(cfg.device))

@@ -1,9 +1,9 @@
 """`cxr-predict`: class probabilities (and optionally a Grad-CAM figure) for image files.
 
-Preprocessing is the evaluation path's own: `cxr.data.images.read_gray8` →
-`cxr.training.pixels.preprocess` at the checkpoint's image size → `cxr.training.pixels.Normalize`.
-A file that cannot be read gets its error in the output (table row or JSON `error`), printed
-once; the other files are still scored, and the exit status is 1.
+Preprocessing and inference are the evaluation path's own: `cxr.training.pixels.load_pixels`
+(decode, resize to the checkpoint's image size) → `cxr.training.inference`. A file that cannot
+be read gets its error in the output (table row or JSON `error`), printed once; the other files
+are still scored, and the exit status is 1.
 
 The Grad-CAM figure shows the original beside the overlay, the explained class and its
 probability in the title, and a colour bar. Maps are on one absolute scale per image: the
@@ -19,12 +19,19 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from cxr.core.errors import CxrError
+from cxr.data.images import BadImageError
+from cxr.explanation.figures import cam_figure, display_image, save_figure
+from cxr.explanation.gradcam import METHODS, choose_layer, compute_cams
+from cxr.training.checkpoint import ModelCard, load_checkpoint
+from cxr.training.inference import predict_logits
+from cxr.training.pixels import load_pixels
+
+CPU = torch.device("cpu")
 
 DEFAULT_MODEL = Path("models/model.pt")
 
@@ -69,14 +76,9 @@ def predict_files(
     method: str = "gradcam",
 ) -> list[Prediction]:
     """Score every file; unreadable ones become a Prediction with `error` set."""
-    from cxr.data.images import BadImageError
-    from cxr.training.inference import Normalize
-    from cxr.training.pixels import load_pixels
-
     model, card = open_model(model_path)
     if label is not None and label not in card.classes:
         raise CxrError(f"--label {label!r}: the model's classes are {list(card.classes)}")
-    normalize = Normalize(card.arch)
     results = []
     for path in paths:
         try:
@@ -84,8 +86,7 @@ def predict_files(
         except (BadImageError, OSError) as err:
             results.append(Prediction(str(path), error=str(err)))
             continue
-        with torch.no_grad():
-            probs = model(normalize(pixels)).softmax(1)[0].numpy()
+        probs = predict_logits(model, card.arch, pixels, 1, CPU).softmax(1)[0].numpy()
         probabilities = {c: round(float(p), 6) for c, p in zip(card.classes, probs, strict=True)}
         written = None
         if cam_out is not None:
@@ -98,9 +99,8 @@ def predict_files(
     return results
 
 
-def open_model(path: Path) -> tuple[torch.nn.Module, Any]:
+def open_model(path: Path) -> tuple[torch.nn.Module, ModelCard]:
     """The checkpoint at `path`, or a CxrError that names it and says what to do."""
-    from cxr.training.checkpoint import load_checkpoint
 
     if not path.is_file():
         hint = (
@@ -121,28 +121,26 @@ def open_model(path: Path) -> tuple[torch.nn.Module, Any]:
 
 
 def class_maps(
-    model: torch.nn.Module, card: Any, pixels: torch.Tensor, layer: str, method: str
+    model: torch.nn.Module, card: ModelCard, pixels: torch.Tensor, layer: str, method: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps of every class for one image, on one absolute scale (divided by the
     largest value of any class's map), and the probabilities."""
-    from cxr.explanation.gradcam import GradCAM, choose_layer
-    from cxr.training.inference import Normalize
-
     _, module = choose_layer(model, card.arch, pixels.shape[-1], layer)
-    inputs = Normalize(card.arch)(pixels)
-    with GradCAM(model, module, method) as explainer:
+    with METHODS[method](model, module) as explainer:
         maps = []
         for k in range(len(card.classes)):
-            cam, probs = explainer(inputs, torch.tensor([k]), relative=False)
-            maps.append(cam[0].numpy())
+            cam, probs = compute_cams(
+                explainer, pixels, torch.tensor([k]), CPU, card.arch, relative=False
+            )
+            maps.append(cam[0])
     stacked = np.stack(maps)
     peak = stacked.max()
-    return (stacked / peak if peak > 0 else stacked), probs[0].numpy()
+    return (stacked / peak if peak > 0 else stacked), probs[0]
 
 
 def write_cam(
     model: torch.nn.Module,
-    card: Any,
+    card: ModelCard,
     image: Path,
     pixels: torch.Tensor,
     target: int,
@@ -152,7 +150,6 @@ def write_cam(
 ) -> None:
     """The figure for class `target`: original beside overlay, title with class and
     probability, colour bar on the absolute scale (see `class_maps`)."""
-    from cxr.explanation.figures import cam_figure, display_image, save_figure
 
     maps, probs = class_maps(model, card, pixels, layer, method)
     predicted = int(probs.argmax())
@@ -206,9 +203,7 @@ def parser() -> argparse.ArgumentParser:
         help="layer for --cam: auto (the architecture's deepest with a map of >= 8 cells a "
         "side) or a dotted path such as layer4",
     )
-    cli.add_argument(
-        "--method", default="gradcam", choices=["gradcam", "gradcam++"], help="for --cam"
-    )
+    cli.add_argument("--method", default="gradcam", choices=METHODS.names(), help="for --cam")
     return cli
 
 

@@ -7,15 +7,22 @@ deleted line must not silently fall back to a code default. The defaults in the 
 below are what a missing-key error tells the user to copy into params.yaml; which keys are
 required follows from the dataclasses alone (`missing_keys`), so a new key needs only its field
 here and its line in params.yaml.
+
+Names of things (a model, an optimizer, an augment operation, ...) are checked against the
+registries of the phases that define them (`cxr.core.registry`), handed to `parse_params` by
+the caller: this module imports no phase. The `params` stage hands every registry (`cxr.names`),
+each other stage those of the names it uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -27,8 +34,8 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 from cxr.core.errors import CxrError
+from cxr.core.registry import Registry
 from cxr.core.urls import ENV_PASSWORD, ENV_TOKEN, ENV_USER, redact, url_secret
-from cxr.training.models import MODEL_SPECS, available_models, check_weights_name
 
 # Unknown keys are errors; inf and nan are never a valid number of anything (`lr: .inf`).
 _STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -36,6 +43,23 @@ _STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 class ParamsError(CxrError, ValueError):
     """A params.yaml value is missing, unknown or out of range; the message names the key."""
+
+
+def _registry(info: ValidationInfo, kind: str) -> Registry | None:
+    """The registry of `kind` that the caller of `parse_params` handed over, if any."""
+    return ((info.context or {}).get("registries") or {}).get(kind)
+
+
+def registered(kind: str) -> AfterValidator:
+    """A str field whose value must be a name in the registry of `kind` (when handed over)."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        registry = _registry(info, kind)
+        if registry is not None:
+            registry.check(value)
+        return value
+
+    return AfterValidator(check)
 
 
 @dataclass(config=_STRICT)
@@ -149,15 +173,15 @@ class SplitConfig:
 class AugmentOp:
     """One Augmentor Pipeline operation: its method name and keyword arguments."""
 
-    name: str
+    name: Annotated[str, registered("augment operation")]
     probability: float = Field(ge=0.0, le=1.0)
     args: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _known_operation(self) -> AugmentOp:
-        from cxr.data.augment import check_operation
-
-        check_operation(self.name, self.probability, self.args)
+    def _arguments_accepted(self, info: ValidationInfo) -> AugmentOp:
+        registry = _registry(info, "augment operation")
+        if registry is not None:  # the operation's own check of its probability and arguments
+            registry[self.name].check(self.probability, self.args)
         return self
 
 
@@ -200,30 +224,28 @@ class BatchAugmentConfig:
 
 @dataclass(config=_STRICT)
 class TrainConfig:
-    model: str = "efficientnet_lite0"
+    model: Annotated[str, registered("model")] = "efficientnet_lite0"
     # `none` (from scratch), `DEFAULT` or a torchvision weights name (`IMAGENET1K_V1`, ...), or a
     # local .pth/.pt/.safetensors file (see cxr.training.models).
     weights: str = "DEFAULT"
     image_size: int = Field(64, ge=32, le=1024)
     epochs: int = Field(4, ge=1)
     batch_size: int = 32  # >= 2: BatchNorm cannot train on one image (see _trainable_batch)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    optimizer: Annotated[str, registered("optimizer")] = "adamw"
     weight_decay: float = Field(0.01, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    scheduler: Literal["none", "step", "cosine", "plateau"] = "cosine"
+    scheduler: Annotated[str, registered("scheduler")] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0.0)  # cosine: linear warm-up before the decay
     step_size: int = Field(3, ge=1)
     gamma: float = Field(0.1, gt=0.0, le=1.0)  # step and plateau: the lr factor
     plateau_patience: int = Field(1, ge=0)  # plateau: epochs without a val-loss gain
     # The epoch whose weights are kept: best val loss, balanced accuracy or macro-F1 (ties: lower
     # val loss), or simply the last one.
-    select_by: Literal["val_loss", "val_balanced_accuracy", "val_macro_f1", "last"] = (
-        "val_balanced_accuracy"
-    )
+    select_by: Annotated[str, registered("selection rule")] = "val_balanced_accuracy"
     early_stopping_patience: int = Field(0, ge=0)  # epochs without a better select_by; 0: off
     # full: train everything; head: frozen backbone; unfreeze: head only for unfreeze_after
     # epochs, then everything.
-    finetune: Literal["full", "head", "unfreeze"] = "full"
+    finetune: Annotated[str, registered("fine-tuning regime")] = "full"
     unfreeze_after: int = Field(1, ge=1)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     # none | weighted_loss (inverse class frequency) | sampler (WeightedRandomSampler-style draws)
@@ -238,14 +260,6 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     seed: int = 0
 
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        names = available_models()
-        if value not in names:
-            raise ValueError(f"unknown model {value!r}; choose one of: {', '.join(names)}")
-        return value
-
     @field_validator("batch_size")
     @classmethod
     def _trainable_batch(cls, value: int) -> int:
@@ -259,9 +273,9 @@ class TrainConfig:
     @field_validator("weights")
     @classmethod
     def _weights_exist_for_model(cls, value: str, info: ValidationInfo) -> str:
-        model = info.data.get("model")  # absent when the model name itself was rejected
-        if model is not None:
-            check_weights_name(model, value)
+        spec = _model_spec(info)
+        if spec is not None:
+            spec.check_weights_name(value)
         return value
 
     @model_validator(mode="after")
@@ -276,11 +290,17 @@ class TrainConfig:
     @field_validator("image_size")
     @classmethod
     def _large_enough_for_model(cls, value: int, info: ValidationInfo) -> int:
-        model = info.data.get("model")
-        smallest = MODEL_SPECS[model].min_size if model in MODEL_SPECS else 0
-        if value < smallest:
-            raise ValueError(f"{model} needs inputs of at least {smallest} px")
+        spec = _model_spec(info)
+        if spec is not None and value < spec.min_size:
+            raise ValueError(f"{spec.name} needs inputs of at least {spec.min_size} px")
         return value
+
+
+def _model_spec(info: ValidationInfo) -> Any:
+    """The registered spec of the train.model being validated; None without the models
+    registry, or when the model name itself was rejected."""
+    models, model = _registry(info, "model"), info.data.get("model")
+    return models[model] if models is not None and model in models else None
 
 
 @dataclass(config=_STRICT)
@@ -298,7 +318,7 @@ class GradcamConfig:
     images_per_class: int = Field(3, ge=1)
     target_layer: str = "auto"  # `auto`: deepest of ModelSpec.cam_layers with a large map
     min_map_size: int = Field(8, ge=1)  # `auto`: smallest heat-map side (cells) to accept
-    method: Literal["gradcam", "gradcam++"] = "gradcam"
+    method: Annotated[str, registered("explanation method")] = "gradcam"
     overlay_alpha: float = Field(0.45, ge=0.0, le=1.0)
 
 
@@ -407,21 +427,26 @@ def _missing_messages(missing: dict[str, str]) -> dict[str, list[str]]:
     return messages
 
 
-def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+_PARAMS = TypeAdapter(Params)
+
+
+def parse_params(
+    raw: dict[str, Any], registries: Iterable[Registry] = (), source: str = "params.yaml"
+) -> Params:
     """Validate a params mapping; raise ParamsError naming every missing, unknown or bad key.
+    Names are checked against the `registries` given (see the module's docstring).
 
     Every key is required: code defaults exist only to be named in the error."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source} must hold a mapping of keys, got {type(raw).__name__}")
     messages = _missing_messages(missing_keys(Params, raw))
+    context = {"registries": {registry.kind: registry for registry in registries}}
     params = None
     try:
-        params = Params(**raw)
+        params = _PARAMS.validate_python(raw, context=context)
     except ValidationError as err:
         for key, found in _describe(err.errors()).items():
             messages.setdefault(key, []).extend(found)
-    except TypeError as err:  # a top-level value that is not a mapping
-        raise ParamsError(f"{source}: {redact(str(err))}") from None
     if messages or params is None:
         lines = [f"  {key}: {' | or: '.join(found)}" for key, found in messages.items()]
         raise ParamsError(f"{source} has missing or invalid values:\n" + "\n".join(lines))
@@ -440,6 +465,6 @@ def read_params_file(path: Path | str = "params.yaml") -> dict[str, Any]:
     return raw
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read and validate params.yaml."""
-    return parse_params(read_params_file(path), str(path))
+def load_params(path: Path | str = "params.yaml", registries: Iterable[Registry] = ()) -> Params:
+    """Read and validate params.yaml (names against `registries`, see `parse_params`)."""
+    return parse_params(read_params_file(path), registries, str(path))

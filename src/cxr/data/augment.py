@@ -28,13 +28,37 @@ from cxr.core.fsio import atomic_dir, sorted_dirs, sorted_files, write_csv
 from cxr.data.images import read_gray8, save_png, to_gray8
 from cxr.data.links import link_or_copy
 from cxr.core.parallel import ordered_map
+from cxr.core.registry import Registry
 
 if TYPE_CHECKING:
     from cxr.core.config import AugmentConfig, AugmentOp
 
+
+
+@dataclass(frozen=True)
+class Operation:
+    """An Augmentor Pipeline method, by name (`augment.operations[].name`)."""
+
+    name: str
+
+    def check(self, probability: float, args: dict[str, Any]) -> None:
+        """Raise ValueError unless Augmentor accepts these arguments (its own range checks
+        included)."""
+        method = getattr(Augmentor.Pipeline, self.name)
+        try:
+            inspect.signature(method).bind(None, probability, **args)
+        except TypeError as err:
+            raise ValueError(f"{self.name}: {err}") from None
+        method(Augmentor.Pipeline(), probability, **args)
+
+    def add_to(self, pipeline: Augmentor.Pipeline, probability: float, args: dict) -> None:
+        getattr(pipeline, self.name)(probability, **args)
+
+
 # Augmentor operations that keep an 8-bit grayscale image's size and meaning. Crops and
 # resizes would change the size; colour, invert and black-and-white make no sense on X-rays.
-ALLOWED_OPERATIONS = (
+OPERATIONS: Registry[Operation] = Registry("augment operation", "augment.operations[].name")
+for _name in (
     "rotate",
     "rotate_without_crop",
     "flip_left_right",
@@ -54,28 +78,17 @@ ALLOWED_OPERATIONS = (
     "random_contrast",
     "random_erasing",
     "histogram_equalisation",
-)
+):
+    OPERATIONS.register(_name, Operation(_name))
 
 MANIFEST_COLUMNS = ["file", "class", "source", "augmented", "seed"]
 MANIFEST_NAME = "manifest.csv"
 
 
-def check_operation(name: str, probability: float, args: dict[str, Any]) -> None:
-    """Raise ValueError unless Augmentor accepts this operation with these arguments."""
-    if name not in ALLOWED_OPERATIONS:
-        raise ValueError(f"unknown operation {name!r}; choose from {', '.join(ALLOWED_OPERATIONS)}")
-    method = getattr(Augmentor.Pipeline, name)
-    try:
-        inspect.signature(method).bind(None, probability, **args)
-    except TypeError as err:
-        raise ValueError(f"{name}: {err}") from None
-    method(Augmentor.Pipeline(), probability, **args)  # Augmentor's own range checks
-
-
 def build_pipeline(operations: tuple[AugmentOp, ...]) -> Augmentor.Pipeline:
     pipeline = Augmentor.Pipeline()
     for op in operations:
-        getattr(pipeline, op.name)(op.probability, **op.args)
+        OPERATIONS[op.name].add_to(pipeline, op.probability, op.args)
     return pipeline
 
 

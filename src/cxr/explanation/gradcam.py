@@ -20,6 +20,7 @@ takes the deepest whose map is at least `min_map_size` cells on a side at the mo
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,14 +28,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxr.core.errors import ConfigError
-from cxr.training.models import MODEL_SPECS
+from cxr.core.registry import Registry
+from cxr.training.inference import normalized_batches
+from cxr.training.models import MODELS
 
 
-def _gradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+def gradcam_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     return gradients.mean(dim=(2, 3), keepdim=True)
 
 
-def _gradcam_pp_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+def gradcam_pp_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     """Grad-CAM++ α from the closed form with an exponential score (the paper's eq. 19)."""
     g2 = gradients.pow(2)
     g3 = gradients.pow(3)
@@ -44,20 +47,18 @@ def _gradcam_pp_weights(activations: torch.Tensor, gradients: torch.Tensor) -> t
     return (alpha * F.relu(gradients)).sum(dim=(2, 3), keepdim=True)
 
 
-WEIGHTINGS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "gradcam": _gradcam_weights,
-    "gradcam++": _gradcam_pp_weights,
-}
+# How the gradients of a layer's activations weigh its channels: (activations, gradients) → α.
+Weighting = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class GradCAM:
     """Grad-CAM or Grad-CAM++ of one layer of a model; a context manager removes the hook."""
 
-    def __init__(self, model: nn.Module, layer: nn.Module, method: str = "gradcam") -> None:
-        if method not in WEIGHTINGS:
-            raise ConfigError(f"gradcam.method: {method!r} is not one of {sorted(WEIGHTINGS)}")
+    def __init__(
+        self, model: nn.Module, layer: nn.Module, weighting: Weighting = gradcam_weights
+    ) -> None:
         self.model = model
-        self.weighting = WEIGHTINGS[method]
+        self.weighting = weighting
         self.activations: torch.Tensor | None = None
         self.gradients: torch.Tensor | None = None
         self._handle = layer.register_forward_hook(self._keep_activation)
@@ -112,6 +113,15 @@ class GradCAM:
         return cam.cpu(), logits.detach().softmax(1).cpu()
 
 
+# gradcam.method -> factory(model, layer) of an explainer: a context manager that, called with
+# (inputs, class_index, relative), gives heat maps and probabilities. Methods to come register here.
+METHODS: Registry[Callable[[nn.Module, nn.Module], GradCAM]] = Registry(
+    "explanation method", "gradcam.method"
+)
+METHODS.register("gradcam", partial(GradCAM, weighting=gradcam_weights))
+METHODS.register("gradcam++", partial(GradCAM, weighting=gradcam_pp_weights))
+
+
 def map_sizes(
     model: nn.Module, paths: tuple[str, ...], image_size: int
 ) -> dict[str, tuple[int, int]]:
@@ -149,9 +159,9 @@ def choose_layer(
         except AttributeError:
             raise ConfigError(
                 f"gradcam.target_layer: {arch} has no layer {override!r}; use auto or one of "
-                f"{list(MODEL_SPECS[arch].cam_layers)}"
+                f"{list(MODELS[arch].cam_layers)}"
             ) from None
-    candidates = MODEL_SPECS[arch].cam_layers
+    candidates = MODELS[arch].cam_layers
     sizes = map_sizes(model, candidates, image_size)
     chosen = next(
         (path for path in candidates if min(sizes[path]) >= min_map_size),
@@ -168,19 +178,14 @@ def compute_cams(
     arch: str,
     batch_size: int = 32,
     desc: str = "",
+    relative: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps (N, S, S) and probabilities (N, C) for a uint8 pixel store, in batches
-    (progress shown under `desc`, if given)."""
-    from cxr.core.progress import progress
-    from cxr.training.inference import Normalize, batch_indices
-
-    normalize = Normalize(arch).to(device)
+    (progress shown under `desc`, if given); `relative` as for `GradCAM.__call__`."""
     cams, probabilities = [], []
-    batches = batch_indices(len(pixels), batch_size)
-    for index in progress(batches, desc, unit="batches") if desc else batches:
-        inputs = normalize(pixels[index].to(device))
+    for index, inputs in normalized_batches(pixels, arch, batch_size, device, desc):
         target = None if class_index is None else class_index[index]
-        cam, prob = explainer(inputs, target)
+        cam, prob = explainer(inputs, target, relative)
         cams.append(cam.numpy())
         probabilities.append(prob.numpy())
     return np.concatenate(cams), np.concatenate(probabilities)

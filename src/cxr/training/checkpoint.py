@@ -10,7 +10,7 @@ from torch import nn
 
 from cxr.core.errors import DataError
 from cxr.core.fsio import atomic_file
-from cxr.training.models import MODEL_SPECS, build_model
+from cxr.training.models import MODELS, build_model
 
 
 @dataclass(frozen=True)
@@ -26,11 +26,11 @@ class ModelCard:
 
     @property
     def mean(self) -> tuple[float, float, float]:
-        return MODEL_SPECS[self.arch].mean
+        return MODELS[self.arch].mean
 
     @property
     def std(self) -> tuple[float, float, float]:
-        return MODEL_SPECS[self.arch].std
+        return MODELS[self.arch].std
 
 
 def save_checkpoint(path: Path, model: nn.Module, card: ModelCard) -> None:

@@ -1,16 +1,20 @@
 """Inference: uint8 pixels → the input statistics of a model's weights → logits, in batches.
 
-The one path from a pixel store to a model's outputs, used by validation, evaluation, Grad-CAM
-and `cxr-predict`: `Normalize` turns 8-bit grayscale into three identical channels normalised
-with the statistics the architecture's pretrained weights expect (`ModelSpec.mean`/`std`).
+The one path from a pixel store to a model's inputs (`normalized_batches`), used by validation
+and evaluation (`predict_logits`), Grad-CAM and `cxr-predict`: `Normalize` turns 8-bit
+grayscale into three identical channels normalised with the statistics the architecture's
+pretrained weights expect (`ModelSpec.mean`/`std`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import torch
 from torch import nn
 
-from cxr.training.models import MODEL_SPECS
+from cxr.core.progress import progress
+from cxr.training.models import MODELS
 
 
 class Normalize(torch.nn.Module):
@@ -19,7 +23,7 @@ class Normalize(torch.nn.Module):
 
     def __init__(self, arch: str) -> None:
         super().__init__()
-        spec = MODEL_SPECS[arch]
+        spec = MODELS[arch]
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1))
 
@@ -28,9 +32,17 @@ class Normalize(torch.nn.Module):
         return (gray.expand(-1, 3, -1, -1) - self.mean) / self.std
 
 
-def batch_indices(n: int, batch_size: int) -> tuple[torch.Tensor, ...]:
-    """Consecutive index batches over n items, in order (inference: evaluation, Grad-CAM)."""
-    return torch.arange(n).split(batch_size)
+def normalized_batches(
+    pixels: torch.Tensor, arch: str, batch_size: int, device: torch.device, desc: str = ""
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(indices, model inputs on `device`) for consecutive batches of a uint8 pixel store, in
+    order (progress shown under `desc`, if given)."""
+    normalize = Normalize(arch).to(device)
+    batches: Iterable[torch.Tensor] = torch.arange(len(pixels)).split(batch_size)
+    if desc:
+        batches = progress(batches, desc, unit="batches")
+    for index in batches:
+        yield index, normalize(pixels[index].to(device))
 
 
 @torch.no_grad()
@@ -39,9 +51,8 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits for every image, in order, on the CPU."""
     model.eval()
-    normalize = Normalize(arch).to(device)
     outputs = [
-        model(normalize(pixels[index].to(device))).float().cpu()
-        for index in batch_indices(len(pixels), batch_size)
+        model(inputs).float().cpu()
+        for _, inputs in normalized_batches(pixels, arch, batch_size, device)
     ]
     return torch.cat(outputs)

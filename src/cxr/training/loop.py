@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cxr.core.config import TrainConfig
 from cxr.core.errors import ConfigError
 from cxr.core.progress import progress
+from cxr.core.registry import Registry
 from cxr.training.distributed import World, all_sum, average_buffers
 from cxr.training.inference import Normalize, predict_logits
 from cxr.training.loader import (
@@ -33,7 +34,7 @@ from cxr.training.loader import (
     class_weights,
     fits_on_device,
 )
-from cxr.training.models import MODEL_SPECS
+from cxr.training.models import MODELS
 from cxr.training.optim import OPTIMIZERS, SCHEDULERS
 from cxr.training.pixels import PixelSet
 from cxr.training.scores import balanced_accuracy, macro_f1
@@ -46,17 +47,18 @@ from cxr.training.state import (
     save_state,
 )
 
-REGIMES: dict[str, Callable[[TrainConfig, int], bool]] = {
-    # whether the backbone trains in a (1-based) epoch
-    "full": lambda cfg, epoch: True,
-    "head": lambda cfg, epoch: False,
-    "unfreeze": lambda cfg, epoch: epoch > cfg.unfreeze_after,
-}
+# train.finetune -> whether the backbone trains in a (1-based) epoch
+REGIMES: Registry[Callable[[TrainConfig, int], bool]] = Registry(
+    "fine-tuning regime", "train.finetune"
+)
+REGIMES.register("full", lambda cfg, epoch: True)
+REGIMES.register("head", lambda cfg, epoch: False)
+REGIMES.register("unfreeze", lambda cfg, epoch: epoch > cfg.unfreeze_after)
 
 
 def set_backbone_trainable(model: nn.Module, arch: str, trainable: bool) -> None:
     """Freeze or thaw every parameter outside the classifier head."""
-    head = {id(p) for p in model.get_submodule(MODEL_SPECS[arch].head).parameters()}
+    head = {id(p) for p in model.get_submodule(MODELS[arch].head).parameters()}
     for parameter in model.parameters():
         if id(parameter) not in head:
             parameter.requires_grad_(trainable)
@@ -64,7 +66,7 @@ def set_backbone_trainable(model: nn.Module, arch: str, trainable: bool) -> None
 
 def freeze_batchnorm_stats(model: nn.Module, arch: str) -> None:
     """A frozen backbone must not drift through BatchNorm running statistics either."""
-    head = model.get_submodule(MODEL_SPECS[arch].head)
+    head = model.get_submodule(MODELS[arch].head)
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module is not head:
             module.eval()
@@ -143,7 +145,7 @@ def head_inputs(
     model: nn.Module, arch: str, pixels: torch.Tensor, batch_size: int, device: torch.device
 ) -> torch.Tensor:
     """What the classifier head receives for each image (backbone in eval mode), on the CPU."""
-    head = model.get_submodule(MODEL_SPECS[arch].head)
+    head = model.get_submodule(MODELS[arch].head)
     captured: list[torch.Tensor] = []
     handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].cpu()))
     try:
@@ -177,7 +179,7 @@ def make_trainer(
         features = head_inputs(model, cfg.model, train.pixels, cfg.batch_size, device)
         val_features = head_inputs(model, cfg.model, val.pixels, cfg.batch_size, device)
         store = PixelSet(train.classes, train.files, features, train.labels, train.key)
-        runner: nn.Module = model.get_submodule(MODEL_SPECS[cfg.model].head)
+        runner: nn.Module = model.get_submodule(MODELS[cfg.model].head)
         loader: Iterable = DeviceBatches(store, sampler, cfg.batch_size, device)
         augment: Callable = _identity_augment
         normalize: Callable = nn.Identity()
@@ -194,14 +196,14 @@ def make_trainer(
         )
     optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), cfg, lr)
     precision = precision_for(device, cfg.amp)
-    factory, per_batch = SCHEDULERS[cfg.scheduler]
+    schedule = SCHEDULERS[cfg.scheduler]
     steps = math.ceil(len(sampler) / cfg.batch_size)  # optimizer steps per epoch
     return Trainer(
         core=model,
         runner=runner,
         optimizer=optimizer,
-        scheduler=factory(optimizer, cfg, steps),
-        per_batch_schedule=per_batch,
+        scheduler=schedule.build(optimizer, cfg, steps),
+        per_batch_schedule=schedule.per_batch,
         scaler=torch.amp.GradScaler(device.type, enabled=precision.scaled),
         precision=precision,
         loss_fn=loss_function(cfg, train.labels, num_classes).to(device),
@@ -319,7 +321,7 @@ def validate(trainer: Trainer, val: PixelSet) -> tuple[float, float, float, floa
     cfg = trainer.cfg
     with trainer.precision.autocast(trainer.device):
         if trainer.val_features is not None:
-            head = trainer.core.get_submodule(MODEL_SPECS[cfg.model].head).eval()
+            head = trainer.core.get_submodule(MODELS[cfg.model].head).eval()
             with torch.no_grad():
                 logits = head(trainer.val_features.to(trainer.device)).float().cpu()
         else:

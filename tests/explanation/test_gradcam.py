@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxr.data.synthetic import draw_phantom
-from cxr.explanation.gradcam import WEIGHTINGS, GradCAM, choose_layer
+from cxr.explanation.gradcam import METHODS, GradCAM, choose_layer
 from cxr.explanation.localisation import localisation
 from cxr.training.inference import Normalize
-from cxr.training.models import MODEL_SPECS, build_model
+from cxr.training.models import MODELS, build_model
 
 
 def phantom_batch(size: int, n: int = 2, arch: str = "resnet18") -> torch.Tensor:
@@ -22,13 +22,13 @@ def phantom_batch(size: int, n: int = 2, arch: str = "resnet18") -> torch.Tensor
     return Normalize(arch)(torch.from_numpy(np.stack(pixels)[:, None]))
 
 
-@pytest.mark.parametrize("arch", sorted(MODEL_SPECS))
+@pytest.mark.parametrize("arch", sorted(MODELS))
 def test_every_architecture_gives_a_finite_non_constant_map_of_input_size(arch: str):
     torch.manual_seed(0)
-    size = max(48, MODEL_SPECS[arch].min_size + 5)
+    size = max(48, MODELS[arch].min_size + 5)
     model = build_model(arch, num_classes=3).eval()
     path, layer = choose_layer(model, arch, size)
-    assert path in MODEL_SPECS[arch].cam_layers
+    assert path in MODELS[arch].cam_layers
     inputs = phantom_batch(size)
     spreads = []
     with GradCAM(model, layer) as explainer:
@@ -137,13 +137,13 @@ def blobs_in_every_quadrant(size: int) -> torch.Tensor:
     return image.expand(1, 3, size, size).clone()
 
 
-@pytest.mark.parametrize("method", sorted(WEIGHTINGS))
+@pytest.mark.parametrize("method", METHODS.names())
 def test_heat_map_peak_falls_in_the_quadrant_that_decides(method: str):
     size = 32
     model = QuadrantModel(size).eval()
     with torch.no_grad():
         target = int(model(blobs_in_every_quadrant(size)).argmax())
-    with GradCAM(model, model.features, method) as explainer:
+    with METHODS[method](model, model.features) as explainer:
         cams, _ = explainer(blobs_in_every_quadrant(size), torch.tensor([target]))
     row, col = np.unravel_index(int(cams[0].argmax()), (size, size))
     assert row < size // 2 and col >= size // 2, (method, row, col)

@@ -11,6 +11,7 @@ import yaml
 from conftest import PROJECT, tool_env
 
 from cxr.core.config import EvaluateConfig, Params, ParamsError, load_params, parse_params
+from cxr.names import registries
 
 
 def project_params() -> dict:
@@ -39,7 +40,7 @@ def test_every_key_in_params_yaml_is_known_to_the_config() -> None:
     raw = project_params()
     raw["train"]["epoch"] = 3
     with pytest.raises(ParamsError, match=r"train\.epoch: unknown key"):
-        parse_params(raw)
+        parse_params(raw, registries())
 
 
 def declared_params(stage: dict) -> set[str]:
@@ -79,7 +80,7 @@ def test_every_stage_declares_exactly_the_params_groups_it_reads() -> None:
 def test_wrong_values_name_the_key(override: dict, key: str) -> None:
     raw = with_overrides(override)
     with pytest.raises(ParamsError) as caught:
-        parse_params(raw)
+        parse_params(raw, registries())
     assert f"  {key}:" in str(caught.value)
 
 
@@ -92,7 +93,7 @@ def test_lr_inf_in_params_yaml_is_refused_as_not_finite(tmp_path: Path) -> None:
 
 def test_batch_size_one_says_why() -> None:
     with pytest.raises(ParamsError, match=r"train\.batch_size: must be >= 2: BatchNorm"):
-        parse_params(with_overrides({"train": {"batch_size": 1}}))
+        parse_params(with_overrides({"train": {"batch_size": 1}}), registries())
 
 
 def test_missing_key_is_an_error_naming_it_and_the_default_to_copy() -> None:
@@ -100,7 +101,7 @@ def test_missing_key_is_an_error_naming_it_and_the_default_to_copy() -> None:
     del raw["train"]["epochs"]
     del raw["data"]["archive"]["max_mb"]
     with pytest.raises(ParamsError) as caught:
-        parse_params(raw)
+        parse_params(raw, registries())
     message = str(caught.value)
     assert "  train.epochs: missing; add `epochs: 4` under `train:` (the default)" in message
     assert "  data.archive.max_mb: missing; add `max_mb: 4096` under `data.archive:`" in message
@@ -110,13 +111,13 @@ def test_missing_section_lists_every_default(tmp_path: Path) -> None:
     raw = project_params()
     del raw["evaluate"]
     with pytest.raises(ParamsError) as caught:
-        parse_params(raw)
+        parse_params(raw, registries())
     message = str(caught.value)
     assert "  evaluate: missing; add it at the top level (the defaults):" in message
     # the block in the message is valid params.yaml: pasted back, the file parses again
     block = message.split("(the defaults):\n", 1)[1]
     raw["evaluate"] = yaml.safe_load(block.replace("\n      ", "\n").strip())["evaluate"]
-    assert parse_params(raw).evaluate == EvaluateConfig()
+    assert parse_params(raw, registries()).evaluate == EvaluateConfig()
 
 
 def test_every_dataclass_field_is_required() -> None:
@@ -131,7 +132,7 @@ def test_every_dataclass_field_is_required() -> None:
         broken = project_params()
         del broken[group][key]
         with pytest.raises(ParamsError, match=rf"  {group}\.{key}: missing; add"):
-            parse_params(broken)
+            parse_params(broken, registries())
 
 
 @pytest.mark.parametrize(
@@ -145,7 +146,7 @@ def test_every_dataclass_field_is_required() -> None:
 def test_url_with_credentials_is_refused_without_echoing_them(source: str, secret: str) -> None:
     # issue 16, case 3: DVC stores params verbatim; refusing at parse keeps them out.
     with pytest.raises(ParamsError) as caught:
-        parse_params(with_overrides({"data": {"source": source}}))
+        parse_params(with_overrides({"data": {"source": source}}), registries())
     message = str(caught.value)
     assert "  data.source: the URL carries" in message and "~/.netrc" in message
     assert secret not in message

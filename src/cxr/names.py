@@ -1,0 +1,18 @@
+"""Every registry of names that params.yaml uses, for the `params` stage, which validates all of
+params.yaml, and for the check that params.yaml's comments list each kind's names."""
+
+from __future__ import annotations
+
+from cxr.core.registry import Registry
+from cxr.data.augment import OPERATIONS
+from cxr.explanation.gradcam import METHODS
+from cxr.training.loop import REGIMES
+from cxr.training.models import MODELS
+from cxr.training.optim import OPTIMIZERS, SCHEDULERS
+from cxr.training.state import SELECTION
+
+
+def registries() -> tuple[Registry, ...]:
+    """Each kind's registry: models, optimizers, schedulers, fine-tuning regimes, selection
+    rules, augment operations, explanation methods."""
+    return (MODELS, OPTIMIZERS, SCHEDULERS, REGIMES, SELECTION, OPERATIONS, METHODS)
