@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,11 +127,24 @@ def _init_worker(operations: tuple[AugmentOp, ...]) -> None:
     _worker_transform = build_pipeline(operations).torch_transform()
 
 
+@contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Python's and NumPy's global RNGs seeded for one output, and restored after: Augmentor's
+    operations draw from both, and the process that runs them keeps its own streams."""
+    saved = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+
+
 def _augment_one(task: AugmentTask) -> None:
     assert _worker_transform is not None, "worker not initialised"
-    random.seed(task.seed)  # Augmentor's operations draw from both global RNGs
-    np.random.seed(task.seed)
-    image = _worker_transform(read_gray8(task.source))
+    with seeded_global_rngs(task.seed):
+        image = _worker_transform(read_gray8(task.source))
     # Level 1: augmented images are an intermediate product; encoding dominates the stage.
     save_png(to_gray8(image), task.destination, compress_level=1)
 

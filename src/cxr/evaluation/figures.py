@@ -1,12 +1,10 @@
-"""The evaluation as matplotlib figures for MLflow (DVC draws its own plots from data files)."""
+"""The evaluation as matplotlib figures for MLflow (DVC draws its own plots from data files).
+
+Figures are made as `matplotlib.figure.Figure` objects, never through pyplot: no backend is
+chosen, nothing is global, and they need no closing."""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # stages run headless
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -14,7 +12,8 @@ from matplotlib.figure import Figure
 
 def confusion_figure(counts: np.ndarray, classes: tuple[str, ...]) -> Figure:
     """Counts and row-normalised (recall) confusion matrices side by side."""
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")
+    figure = Figure(figsize=(11, 4.8), layout="constrained")
+    axes = figure.subplots(1, 2)
     rows = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros(counts.shape, float), where=rows > 0)
     for axis, matrix, title, fmt in (
@@ -46,7 +45,8 @@ def curves_figure(
     """One line per class from {class: frame}, labelled `labels[class]`; x and y are
     (column, axis label). ROC curves join their points with straight lines (and get the chance
     diagonal); PR curves (recall ascending) are steps, the curve average precision measures."""
-    figure, axis = plt.subplots(figsize=(6, 4.8), layout="constrained")
+    figure = Figure(figsize=(6, 4.8), layout="constrained")
+    axis = figure.subplots()
     for name, frame in curves.items():
         axis.plot(frame[x[0]], frame[y[0]], label=labels.get(name, name), drawstyle=drawstyle)
     if diagonal:
@@ -60,7 +60,8 @@ def curves_figure(
 def reliability_figure(tables: dict[str, pd.DataFrame]) -> Figure:
     """Reliability diagram: accuracy vs mean confidence per bin for each set of probabilities,
     the diagonal of perfect calibration, and each bin's image count."""
-    figure, axis = plt.subplots(figsize=(6, 4.8), layout="constrained")
+    figure = Figure(figsize=(6, 4.8), layout="constrained")
+    axis = figure.subplots()
     axis.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=0.8, label="perfect")
     for name, table in tables.items():
         (line,) = axis.plot(table["confidence"], table["accuracy"], marker="o", label=name)
@@ -90,7 +91,8 @@ def per_class_figure(per_class: pd.DataFrame) -> Figure:
     """Grouped bars: precision, recall, F1 and specificity per class."""
     table = per_class.pivot(index="class", columns="metric", values="value")
     table = table[["precision", "recall", "f1", "specificity"]]
-    figure, axis = plt.subplots(figsize=(7, 4), layout="constrained")
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    axis = figure.subplots()
     table.plot.bar(ax=axis, rot=0, ylim=(0, 1.05))
     axis.set(title="Per-class metrics (test split)", xlabel="")
     axis.grid(alpha=0.3, axis="y")

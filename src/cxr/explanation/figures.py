@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -17,7 +16,6 @@ _PNG_METADATA = {"Software": None}
 def save_figure(figure: Figure, path: Path, dpi: int = 100) -> None:
     with atomic_file(path) as scratch:
         figure.savefig(scratch, format="png", dpi=dpi, metadata=_PNG_METADATA)
-    plt.close(figure)
 
 
 # Grad-CAM display: a perceptually uniform colour map whose opacity follows the map, so
@@ -130,7 +128,7 @@ def cam_grid(
         raise ValueError("a Grad-CAM grid needs at least one image")
     cols = min(per_row, len(panels))
     rows = -(-len(panels) // cols)
-    figure = plt.figure(figsize=(4.6 * cols + 1.1, 3.0 * rows + 0.9), layout="constrained")
+    figure = Figure(figsize=(4.6 * cols + 1.1, 3.0 * rows + 0.9), layout="constrained")
     body, side = figure.subfigures(1, 2, width_ratios=(4.6 * cols, 1.1))
     slots = body.subfigures(rows, cols, squeeze=False)
     for slot, panel in zip(slots.flat, panels, strict=False):

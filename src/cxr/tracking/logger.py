@@ -99,14 +99,11 @@ class PipelineRun:
             )
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        """A matplotlib figure as an image artifact; the figure is closed either way."""
-        import matplotlib.pyplot as plt
-
+        """A matplotlib figure as an image artifact."""
         self._guard(
             f"figure {artifact_file}",
             lambda: self.client.log_figure(self.run_id, figure, artifact_file),
         )
-        plt.close(figure)
 
     def log_table(self, table: pd.DataFrame, artifact_file: str) -> None:
         """A CSV artifact, which the UI previews as a table (counts, per-class results).

@@ -65,18 +65,34 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
-def _credentials_to_env(uri: str) -> str:
-    """An http(s) URI without its `user:password@`, which go to the variables MLflow reads
-    them from instead (unless already set): MLflow prints the URI it is given ("View run at
-    ..."), so it must never hold a password."""
-    if not uri.startswith(("http://", "https://")):
-        return uri
-    clean, user, password = strip_userinfo(uri)
+@contextmanager
+def mlflow_environment(uri: str) -> Iterator[str]:
+    """The settings MLflow reads from the environment, set while a stage talks to it and
+    restored after; yields the URI to hand MLflow.
+
+    An http(s) URI loses its `user:password@`, which go to the variables MLflow reads them from
+    instead (unless already set): MLflow prints the URI it is given ("View run at ..."), so it
+    must never hold a password. An unreachable server fails fast instead of after MLflow's
+    minutes of retries (unless the user set those variables)."""
+    defaults = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    overrides: dict[str, str] = {}
+    clean, user, password = (
+        strip_userinfo(uri) if uri.startswith(("http://", "https://")) else (uri, None, None)
+    )
     if user is not None:
-        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
-        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password or "")
-        os.environ["MLFLOW_TRACKING_URI"] = clean
-    return clean
+        defaults |= {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password or ""}
+        overrides["MLFLOW_TRACKING_URI"] = clean
+    settings = {k: v for k, v in defaults.items() if k not in os.environ} | overrides
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield clean
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _is_local(uri: str) -> bool:
@@ -149,9 +165,6 @@ def _connect(uri: str, root: Path, experiment: str) -> tuple[Any, str]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    # Fail fast on an unreachable server instead of MLflow's minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     client = MlflowClient(tracking_uri=uri)
     try:
         found = client.get_experiment_by_name(experiment)
@@ -234,7 +247,12 @@ def _provenance_tags() -> dict[str, str]:
 def pipeline_run(stage: str, params: Params) -> Iterator[PipelineRun]:
     """Open (or join) this pipeline run's MLflow run for one stage."""
     root = layout.project_root()
-    uri = _credentials_to_env(tracking_uri(root))
+    with mlflow_environment(tracking_uri(root)) as uri:
+        yield from _stage_run(stage, params, root, uri)
+
+
+def _stage_run(stage: str, params: Params, root: Path, uri: str) -> Iterator[PipelineRun]:
+    """The body of `pipeline_run`, inside MLflow's environment."""
     try:
         client, experiment_id = _connect(uri, root, params.tracking.experiment)
     except TrackingUnavailableError as err:

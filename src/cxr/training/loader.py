@@ -133,10 +133,10 @@ class BatchAugment:
     """Light, per-sample geometric and intensity jitter applied to a batch on its device
     (strengths from params.yaml `train.batch_augment`)."""
 
-    max_rotation_deg: float = 7.0
-    max_shift: float = 0.05  # fraction of the image side
-    scale_range: tuple[float, float] = (0.92, 1.08)
-    intensity_jitter: float = 0.1  # brightness and contrast, as a fraction
+    max_rotation_deg: float
+    max_shift: float  # fraction of the image side
+    scale_range: tuple[float, float]
+    intensity_jitter: float  # brightness and contrast, as a fraction
 
     @classmethod
     def from_config(

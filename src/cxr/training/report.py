@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -28,7 +27,8 @@ def summarize(result: FitResult, train_images: int, val_images: int) -> dict:
 
 def history_figure(history: pd.DataFrame) -> Figure:
     """Loss and accuracy per epoch, train vs validation."""
-    figure, (loss, accuracy) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    loss, accuracy = figure.subplots(1, 2)
     loss.plot(history["epoch"], history["train_loss"], marker="o", label="train")
     loss.plot(history["epoch"], history["val_loss"], marker="o", label="val")
     loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
