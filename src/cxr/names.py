@@ -1,5 +1,6 @@
 """Every registry of names that params.yaml uses, for the `params` stage, which validates all of
-params.yaml, and for the check that params.yaml's comments list each kind's names."""
+params.yaml, and for the check that params.yaml's comments list each kind's names.
+`python -m cxr.names` prints each params key with the names it accepts."""
 
 from __future__ import annotations
 
@@ -16,3 +17,8 @@ def registries() -> tuple[Registry, ...]:
     """Each kind's registry: models, optimizers, schedulers, fine-tuning regimes, selection
     rules, augment operations, explanation methods."""
     return (MODELS, OPTIMIZERS, SCHEDULERS, REGIMES, SELECTION, OPERATIONS, METHODS)
+
+
+if __name__ == "__main__":
+    for registry in registries():
+        print(f"{registry.key} ({registry.kind}): {', '.join(registry.names())}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,8 +20,9 @@ from typing import Any
 import torch
 
 from cxr.core.config import TrainConfig
-from cxr.core.fsio import atomic_file, sha256_file
+from cxr.core.fsio import atomic_file
 from cxr.core.registry import Registry
+from cxr.training.code import code_hash, import_closure
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,11 @@ def save_state(path: Path, state: TrainState) -> None:
         torch.save(payload, scratch)
 
 
+# What torch.load raises for an empty, truncated, corrupt or refused (code-carrying) file; any
+# other error (a permission, a full disk, a bug) stops the stage.
+UNREADABLE = (EOFError, KeyError, RuntimeError, pickle.UnpicklingError)
+
+
 def load_state(path: Path | None, key: str) -> TrainState:
     """The checkpoint at `path` if it was written for `key` (same params and data), else a
     fresh state: a checkpoint of other params or data must never be resumed."""
@@ -81,10 +88,10 @@ def load_state(path: Path | None, key: str) -> TrainState:
         return TrainState(key)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unreadable: start over rather than fail the stage
-        print(f"train: ignoring unreadable checkpoint {path} ({err})")
+    except UNREADABLE as err:  # a damaged state only costs the epochs it held
+        print(f"train: ignoring unreadable checkpoint {path} ({type(err).__name__}: {err})")
         return TrainState(key)
-    if payload.get("key") != key:
+    if not isinstance(payload, dict) or payload.get("key") != key:
         print(f"train: checkpoint {path} is for other params or data; starting fresh")
         return TrainState(key)
     payload["history"] = [EpochStats(**row) for row in payload["history"]]
@@ -103,27 +110,16 @@ class FitResult:
         return self.history[self.best_epoch - 1]
 
 
-# The modules whose code shapes a trained model; with the stage script they key the checkpoint.
-TRAINING_MODULES = ("cache", "data", "distributed", "models", "training")
-
-
-def code_hash(*extra_files: Path) -> str:
-    """A hash of the training code: after a code change DVC re-runs the stage, and the new code
-    must then train afresh rather than resume (or reuse) the old code's checkpoint."""
-    package = Path(__file__).parent
-    files = [*extra_files, *(package / f"{name}.py" for name in TRAINING_MODULES)]
-    return hashlib.sha256(b"".join(sha256_file(path).encode() for path in files)).hexdigest()
-
-
 def resume_key(
-    cfg: TrainConfig, lr: float, data_keys: list[str], world_size: int, *code: Path
+    cfg: TrainConfig, lr: float, data_keys: list[str], world_size: int, script: Path
 ) -> str:
-    """A checkpoint is resumed only for the same train params, lr, data, code and world size."""
+    """A checkpoint is resumed only for the same train params, lr, data, code (the stage
+    `script` and the package code it runs, `cxr.core.code`) and world size."""
     identity = {
         "train": asdict(cfg),
         "lr": lr,
         "data": data_keys,
-        "code": code_hash(*code),
+        "code": code_hash([script, *import_closure(script)]),
         "world": world_size,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
