@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tool_env
 
 from cxr.training.checkpoint import ModelCard, save_checkpoint
 from cxr.training.models import build_model
+from tests.helpers.project import tool_env
 
 CLASSES = ("COVID", "Normal", "Viral Pneumonia")
 

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT, tool_env
 
 from cxr.core.config import EvaluateConfig, Params, ParamsError, load_params, parse_params
 from cxr.names import registries
-
-
-def project_params() -> dict:
-    return yaml.safe_load((PROJECT / "params.yaml").read_text())
+from tests.helpers.project import PROJECT, project_params, tool_env
 
 
 def with_overrides(override: dict) -> dict:

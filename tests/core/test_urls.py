@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run, set_params, tool_env
 from PIL import Image
 
 from cxr.core.urls import redact, redact_url, request_auth, strip_userinfo, url_secret
+from tests.helpers.project import run, set_params, tool_env
 
 # Drawn per test session, so that no file of the project holds it by chance (this one included).
 SECRET = f"pw-{secrets.token_hex(8)}"

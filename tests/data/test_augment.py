@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT, tree_hashes
+from tests.helpers.project import PROJECT, tree_hashes
 from PIL import Image
 
 from cxr.core.config import AugmentConfig, DataConfig, SplitConfig, load_params

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tree_hashes
+from tests.helpers.project import tree_hashes
 from PIL import Image
 
 from cxr.core.config import ArchiveConfig, DataConfig

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from browser import chromium, open_page
-from conftest import git_commit, run
+
+from tests.helpers.browser import chromium, open_page
+from tests.helpers.project import git_commit, run
 
 CLASSES = ("COVID", "Normal", "Viral Pneumonia")
 

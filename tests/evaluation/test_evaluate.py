@@ -13,8 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import EVAL_CLASSES as CLASSES
-from conftest import make_split_folders
 
 from cxr.core.config import EvaluateConfig
 from cxr.evaluation import evaluate as evaluation
@@ -23,6 +21,8 @@ from cxr.evaluation.evaluate import Evaluation, evaluate_model, evaluation_figur
 from cxr.evaluation.metrics import metrics_from_predictions, read_predictions
 from cxr.training.checkpoint import ModelCard
 from cxr.training.models import build_model
+from tests.helpers.project import EVAL_CLASSES as CLASSES
+from tests.helpers.project import make_split_folders
 
 
 def test_evaluate_stage_outputs_recompute_from_predictions_file(evaluated_project: Path):

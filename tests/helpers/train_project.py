@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 CLASSES = ("COVID", "Normal", "Viral Pneumonia")
 
 

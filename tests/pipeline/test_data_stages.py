@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run, set_params, tree_hashes
+
+from tests.helpers.project import run, set_params, tree_hashes
 
 
 def tiny_params(project: Path) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_PARAMS, copy_project, git_commit, run, set_params
-from servers import as_dict, mlflow_server, search_runs, wait_for
+
+from tests.helpers.project import TINY_PARAMS, copy_project, git_commit, run, set_params
+from tests.helpers.servers import as_dict, mlflow_server, search_runs, wait_for
 
 pytestmark = pytest.mark.e2e
 

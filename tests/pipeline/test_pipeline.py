@@ -14,8 +14,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import copy_project, git_commit, run, set_params, tool_env, tree_hashes
 from mlflow.tracking import MlflowClient
+
+from tests.helpers.project import copy_project, git_commit, run, set_params, tool_env, tree_hashes
 
 pytestmark = pytest.mark.e2e
 

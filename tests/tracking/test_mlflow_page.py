@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from browser import chromium, open_page
-from servers import mlflow_server, search_runs
+from tests.helpers.browser import chromium, open_page
+from tests.helpers.servers import mlflow_server, search_runs
 
 
 def test_experiment_opens_in_the_training_view_and_the_run_page_reads(

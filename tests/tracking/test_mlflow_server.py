@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TINY_PARAMS, copy_project, git_commit, set_params, tool_env
-from servers import mlflow_server, stop, wait_for
+
+from tests.helpers.project import TINY_PARAMS, copy_project, git_commit, set_params, tool_env
+from tests.helpers.servers import mlflow_server, stop, wait_for
 
 pytestmark = pytest.mark.e2e
 

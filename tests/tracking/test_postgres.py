@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_PARAMS, copy_project, git_commit, run, set_params
-from servers import as_dict, mlflow_server, postgres_server, search_runs
+
+from tests.helpers.project import TINY_PARAMS, copy_project, git_commit, run, set_params
+from tests.helpers.servers import as_dict, mlflow_server, postgres_server, search_runs
 
 pytestmark = pytest.mark.e2e
 

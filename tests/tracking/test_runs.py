@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from servers import free_port
 
 from cxr.core import layout
 from cxr.core.config import Params, TrackingConfig
 from cxr.tracking import runs as tracking
+from tests.helpers.servers import free_port
 
 
 def test_project_root_leaves_dvc_experiment_workspace(

@@ -15,9 +15,7 @@ import torch
 
 from cxr.training.loader import DeviceBatches, EpochSampler, batch_loader, fits_on_device
 from cxr.training.pixels import PixelSet
-
-sys.path.insert(0, str(Path(__file__).parent))
-from train_project import PROJECT, make_project, run_train, stage_env
+from tests.helpers.train_project import PROJECT, make_project, run_train, stage_env
 
 pytestmark = pytest.mark.cuda
 GPU = torch.device("cuda")

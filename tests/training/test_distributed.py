@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_project import PROJECT, make_project, run_train
+from tests.helpers.train_project import PROJECT, make_project, run_train
 
 
 def test_two_rank_ddp_trains_identically_and_only_rank_0_writes(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,7 @@ from cxr.training.loader import (
     fits_on_device,
 )
 from cxr.training.pixels import PixelSet, cached_split, load_split
-
-sys.path.insert(0, str(Path(__file__).parent))
-from train_project import write_images
+from tests.helpers.train_project import write_images
 
 
 @pytest.fixture

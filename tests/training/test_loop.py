@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,11 +20,7 @@ from cxr.training.models import build_model
 from cxr.training.optim import warmup_cosine
 from cxr.training.pixels import PixelSet
 from cxr.training.state import SELECTION, EpochStats, load_state
-
-sys.path.insert(0, str(Path(__file__).parent))
-import itertools
-
-from train_project import make_project, run_train, stage_env, train_command
+from tests.helpers.train_project import make_project, run_train, stage_env, train_command
 
 CPU = torch.device("cpu")
 

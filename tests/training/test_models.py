@@ -9,7 +9,6 @@ import hashlib
 import json
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,9 +22,7 @@ from cxr.core.config import ParamsError, parse_params
 from cxr.names import registries
 from cxr.training.models import MODELS, build_model, get_submodule, resolve_weights
 from cxr.training.weights import WeightsFileError, torchvision_weights_file
-
-sys.path.insert(0, str(Path(__file__).parent))
-from train_project import make_project, run_train, stage_env, train_command
+from tests.helpers.train_project import make_project, run_train, stage_env, train_command
 
 LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # Their ImageNet input sizes: the reference pads statically for exactly this size.

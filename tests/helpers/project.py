@@ -1,0 +1,136 @@
+"""Helpers for tests that work on real copies of the project: temporary git+DVC clones, params
+overrides as `dvc exp run -S` makes them, commits, tree hashes, and tiny split folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+EVAL_CLASSES = ("COVID", "Normal", "Viral Pneumonia")
+
+
+REAL_DATA_DEFAULT = PROJECT.parent / "shared" / "data" / "cxr3"
+
+
+def real_data_dir() -> Path:
+    return Path(os.environ.get("CXR_REAL_DATA", REAL_DATA_DEFAULT))
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """Environment for subprocesses: this interpreter's bin first, so DVC's `python` is ours."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DVC_ROOT", None)
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """Run a command, failing the test with its output when it fails."""
+    done = subprocess.run(cmd, cwd=cwd, env=tool_env(**extra_env), capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(
+            f"{' '.join(cmd)} exited {done.returncode}\n--- stdout\n{done.stdout}"
+            f"\n--- stderr\n{done.stderr}"
+        )
+    return done
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy the project's tracked and untracked-but-not-ignored files into a fresh git repo."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = PROJECT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    run(["git", "init", "-q", "-b", "main"], dest)
+    git_commit(dest, "base")
+    return dest
+
+
+# A pipeline run small enough for CI on two cores, with every class in every split. Its lr
+# differs from 0.001 so that the README's `dvc exp run -S lr=0.001` is a real change.
+TINY_PARAMS: dict[str, object] = {
+    "lr": 0.003,
+    "data.synthetic.n_images": 120,
+    "split.ratio": [0.6, 0.2, 0.2],
+    "data.synthetic.image_size": 64,
+    "train.image_size": 32,
+    "train.epochs": 1,
+    "train.batch_size": 16,
+    "train.num_workers": 0,
+    "evaluate.bootstrap_resamples": 100,
+    "gradcam.images_per_class": 1,
+}
+
+
+def project_params() -> dict:
+    """The project's params.yaml as a mapping."""
+    return yaml.safe_load((PROJECT / "params.yaml").read_text())
+
+
+def set_params(project: Path, values: dict[str, object]) -> None:
+    """Overwrite params.yaml keys given as dotted paths (`train.epochs`), like `dvc exp run -S`."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def git_commit(project: Path, message: str) -> str:
+    """Commit everything in `project`; returns the new commit's hash."""
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], project)
+    return run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file below `folder`, by relative path."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def make_split_folders(root: Path, size: int, per_class: int) -> None:
+    """Synthetic phantoms + lesion masks in the layout the stages read."""
+    from cxr.data.images import save_png
+    from cxr.data.synthetic import draw_phantom
+
+    for split_index, split in enumerate(("val", "test", "train")):
+        for class_index, name in enumerate(EVAL_CLASSES):
+            # train: the first class the largest, so the majority baseline has one answer
+            count = per_class + (2 if split == "train" and class_index == 0 else 0)
+            for n in range(count):
+                seed = 1000 * split_index + 100 * class_index + n
+                image, mask = draw_phantom(name, size, seed)
+                for folder, picture in (
+                    (root / "data/split" / split, image),
+                    (root / "data/masks", mask),
+                ):
+                    (folder / name).mkdir(parents=True, exist_ok=True)
+                    save_png(picture, folder / name / f"{split}-{n}.png")
