@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import statistics
@@ -34,7 +35,7 @@ from cxr.training.inference import predict_logits
 from cxr.training.loop import fit
 from cxr.training.models import build_model, resolve_weights
 from cxr.training.pixels import cached_split, index_folder, load_split
-from cxr.training.runtime import seed_everything
+from cxr.training.runtime import configure
 
 # The README's real-data recipe is `pretrained_full`; every other row changes what its name
 # says. Keys are params.yaml keys, as `dvc exp run -S` takes them.
@@ -114,10 +115,9 @@ def ci(report: dict, key: str) -> str:
 
 
 def run_recipe(data: Path, params: Params, threads: int) -> dict:
-    cfg = params.train
-    torch.set_num_threads(threads)
+    cfg = dataclasses.replace(params.train, threads=threads)
     device = torch.device("cpu")
-    seed_everything(cfg.seed, device)
+    configure(cfg, device)
     train_dir = data / f"augmented-{params.augment.target}" / "train"
     start = time.perf_counter()
     classes = index_folder(train_dir).classes

@@ -17,6 +17,7 @@ and the ratios b/a and b/c.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -35,7 +36,7 @@ from cxr.training.loader import DeviceBatches
 from cxr.training.loop import make_trainer, memory_format, precision_for, train_one_epoch
 from cxr.training.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from cxr.training.pixels import cached_split
-from cxr.training.runtime import seed_everything, select_device
+from cxr.training.runtime import configure, select_device
 
 
 def synchronize(device: torch.device) -> None:
@@ -161,7 +162,7 @@ def parse_args() -> argparse.Namespace:
         help="CUDA: feed (b) through DataLoader workers even when the store fits on the GPU",
     )
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+        "--threads", type=int, default=0, help="torch CPU threads (0: train.threads' default)"
     )
     return parser.parse_args()
 
@@ -179,10 +180,10 @@ def main() -> None:
         compile=args.compile,
         gpu_store=not args.no_gpu_store,
     )
-    device = select_device(cfg.device)
-    seed_everything(0, device)  # the train stage's kernel settings (cuDNN autotuning on GPUs)
     if args.threads:  # on a shared, oversubscribed CPU one thread avoids OpenMP barrier stalls
-        torch.set_num_threads(args.threads)
+        cfg = dataclasses.replace(cfg, threads=args.threads)
+    device = select_device(cfg.device)
+    configure(cfg, device)  # the train stage's threads and kernel settings
     os.environ.setdefault("CXR_CACHE_DIR", str(Path(tempfile.gettempdir()) / "cxr-bench-cache"))
     classes = sum(1 for p in args.data.iterdir() if p.is_dir())
     print(

@@ -21,13 +21,15 @@ from cxr.evaluation.evaluate import (
 from cxr.tracking.record import EVALUATION_FOLDER
 from cxr.tracking.runs import pipeline_run
 from cxr.training.checkpoint import load_checkpoint
-from cxr.training.runtime import select_device
+from cxr.training.runtime import configure, enter_reproducible_mode, select_device
 
 
 def main() -> None:
     params = load_params()
+    enter_reproducible_mode(params.train)  # the kernels and threads the model was trained with
     with pipeline_run("evaluate", params) as run:
         device = select_device("auto")
+        configure(params.train, device)
         model, card = load_checkpoint(layout.MODEL, device)
         result = evaluate_model(model, card, layout.SPLIT, params.evaluate, device)
         write_evaluation(result)

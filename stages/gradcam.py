@@ -20,14 +20,16 @@ from cxr.tracking.record import GRADCAM_FOLDER
 from cxr.tracking.runs import pipeline_run
 from cxr.training.checkpoint import load_checkpoint
 from cxr.training.pixels import load_split
-from cxr.training.runtime import select_device
+from cxr.training.runtime import configure, enter_reproducible_mode, select_device
 
 
 def main() -> None:
     params = load_params(registries=(METHODS,))
+    enter_reproducible_mode(params.train)  # the kernels and threads the model was trained with
     cfg = params.gradcam
     with pipeline_run("gradcam", params) as run:
         device = select_device("auto")
+        configure(params.train, device)
         model, card = load_checkpoint(layout.MODEL, device)
         test = load_split(layout.SPLIT / "test", card.image_size, card.classes)
         path, layer = choose_layer(

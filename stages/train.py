@@ -1,26 +1,24 @@
-"""Stage `train`: fine-tune a torchvision model on the augmented train split.
+"""Stage `train`: fine-tune a model on the augmented train split.
 
-Writes models/model.pt (the lowest-validation-loss epoch), metrics/train.json and the
-per-epoch history plots/train_history.csv, which also goes to MLflow as it trains (`train/loss`,
-`val/loss`, ... with step = epoch); prints one line per epoch.
-models/checkpoint/last.pt holds the resume state after every epoch: re-running a killed stage
-with the same params and data continues from the last complete epoch.
+Writes models/model.pt (the epoch chosen by train.select_by), metrics/train.json, the per-epoch
+history plots/train_history.csv (also logged to MLflow as it trains, with the throughput, which
+no tracked file holds) and reports/environment.json (what decided the numbers, and the machine).
+In train.reproducible mode the stage first re-executes itself with pinned CPU kernels and
+threads (cxr.training.runtime). models/checkpoint/last.pt holds the resume state after every
+epoch, so a killed run continues from its last complete epoch; a finished run removes it.
 
 Under `torchrun --nproc_per_node N stages/train.py` every rank trains its shard (DDP); only
 rank 0 writes files and opens MLflow.
 """
 
-import time
+from functools import partial
 from pathlib import Path
-
-import pandas as pd
 
 from cxr.core import layout
 from cxr.core.config import load_params
 from cxr.core.errors import run_stage
 from cxr.core.fsio import write_csv, write_json
-from cxr.core.progress import epoch_line
-from cxr.tracking.record import TRAINING_FOLDER, epoch_metrics
+from cxr.tracking.record import TRAINING_FOLDER, log_epoch
 from cxr.tracking.runs import writer_run
 from cxr.training.checkpoint import ModelCard, save_checkpoint
 from cxr.training.distributed import (
@@ -35,17 +33,24 @@ from cxr.training.loop import REGIMES, fit
 from cxr.training.models import MODELS, build_model, resolve_weights
 from cxr.training.optim import OPTIMIZERS, SCHEDULERS
 from cxr.training.pixels import cached_split, index_folder
-from cxr.training.report import history_figure, summarize
-from cxr.training.runtime import seed_everything, select_device
-from cxr.training.state import SELECTION, EpochStats, resume_key
+from cxr.training.report import EpochReport, history_figure, history_frame, summarize
+from cxr.training.runtime import (
+    configure,
+    enter_reproducible_mode,
+    environment_fingerprint,
+    select_device,
+)
+from cxr.training.state import SELECTION, resume_key
 
 
 def main() -> None:
     params = load_params(registries=(MODELS, OPTIMIZERS, SCHEDULERS, REGIMES, SELECTION))
     cfg = params.train
+    enter_reproducible_mode(cfg)  # may re-execute this process with pinned kernels
     world = world_from_env()
     device = device_for(world, select_device(cfg.device))
-    seed_everything(cfg.seed, device)
+    configure(cfg, device)
+    environment = environment_fingerprint(cfg, device)
     with process_group(world, device), writer_run("train", params, world.is_writer) as run:
         classes = index_folder(layout.AUGMENTED_TRAIN).classes
         # Build first: missing or refused pretrained weights fail before any data is decoded.
@@ -64,20 +69,8 @@ def main() -> None:
                 for folder in (layout.AUGMENTED_TRAIN, layout.SPLIT / "val")
             ],
         )
-        history: list[dict] = []
-        clock = [time.perf_counter()]  # when the epoch now running began
-
-        def on_epoch(stats: EpochStats) -> None:
-            if not world.is_writer:
-                return
-            now = time.perf_counter()
-            print(epoch_line(stats.as_dict(), cfg.epochs, now - clock[0]), flush=True)
-            clock[0] = now
-            history.append(stats.as_dict())
-            write_csv(layout.TRAIN_HISTORY, pd.DataFrame(history))
-            step, metrics = epoch_metrics(stats.as_dict())
-            run.log_metrics(metrics, step=step)
-
+        data_keys = [train_set.key, val_set.key, weights_sha256]
+        on_epoch = EpochReport(layout.TRAIN_HISTORY, cfg.epochs, partial(log_epoch, run))
         result = fit(
             model,
             train_set,
@@ -85,35 +78,32 @@ def main() -> None:
             cfg,
             params.lr,
             device,
-            on_epoch,
+            on_epoch if world.is_writer else lambda stats: None,
             checkpoint=layout.CHECKPOINT,
-            key=resume_key(
-                cfg,
-                params.lr,
-                [train_set.key, val_set.key, weights_sha256],
-                world.size,
-                Path(__file__),
-            ),
+            key=resume_key(cfg, params.lr, data_keys, world.size, Path(__file__)),
             world=world,
         )
         fingerprint = check_ranks_agree(model)
         if not world.is_writer:
             return
-        frame = pd.DataFrame([stats.as_dict() for stats in result.history])
-        write_csv(layout.TRAIN_HISTORY, frame)  # includes epochs restored from a checkpoint
+        history = history_frame(result.history)  # with the epochs a resumed run restored
+        write_csv(layout.TRAIN_HISTORY, history)
         model.load_state_dict(result.best_state)
         card = ModelCard(
             cfg.model, classes, cfg.image_size, cfg.weights, result.best_epoch, weights_sha256
         )
         save_checkpoint(layout.MODEL, model, card)
-        summary = summarize(result, len(train_set), len(val_set))
-        write_json(layout.TRAIN_METRICS, {**summary, "weights_sha256": weights_sha256})
-        run.log_figure(history_figure(frame), f"{TRAINING_FOLDER}/history.png")
+        extra = {"weights_sha256": weights_sha256, "environment": environment["hash"]}
+        write_json(layout.TRAIN_METRICS, summarize(result, len(train_set), len(val_set), extra))
+        write_json(layout.ENVIRONMENT_REPORT, environment)
+        layout.CHECKPOINT.unlink(missing_ok=True)  # finished: a forced re-run trains anew
+        run.log_figure(history_figure(history), f"{TRAINING_FOLDER}/history.png")
         example = Normalize(cfg.model)(val_set.pixels[:2])  # what the model itself receives
         run.log_model(model, example, params.tracking.registered_model)
         print(
             f"train: best epoch {result.best_epoch} on {device} x{world.size}, "
-            f"val accuracy {result.best.val_accuracy:.3f}, final weights {fingerprint[:16]}"
+            f"val accuracy {result.best.val_accuracy:.3f}, final weights {fingerprint[:16]}, "
+            f"environment {environment['hash']}"
         )
 
 

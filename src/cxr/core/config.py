@@ -252,6 +252,11 @@ class TrainConfig:
     imbalance: Literal["none", "weighted_loss", "sampler"] = "weighted_loss"
     batch_augment: BatchAugmentConfig = Field(default_factory=BatchAugmentConfig)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    # Pin CPU kernels (instruction set, MKL path) and threads, and deterministic algorithms on
+    # a GPU: the same params and data give the same bytes on any x86-64 CPU with AVX2 (see
+    # cxr.training.runtime). Read by the train, evaluate and gradcam stages.
+    reproducible: bool = True
+    threads: int = Field(2, ge=1)  # CPU threads; part of the result (same threads, same bytes)
     num_workers: int = Field(2, ge=0)
     # CUDA: hold the uint8 training store in GPU memory when it takes <= 25 % of it
     gpu_store: bool = True

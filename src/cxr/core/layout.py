@@ -19,7 +19,8 @@ AUGMENTED_TRAIN = AUGMENTED / "train"
 AUGMENTED_MANIFEST = AUGMENTED / "manifest.csv"
 
 MODEL = Path("models/model.pt")
-# Resume state of an interrupted train stage; not a DVC output (see dvc.yaml), keyed instead.
+# Resume state of an interrupted train stage; not a DVC output (see dvc.yaml), keyed instead,
+# and removed when the stage finishes: a finished run is never resumed.
 CHECKPOINT = Path("models/checkpoint/last.pt")
 
 # DVC metrics: how good the model is, and nothing else, so `dvc exp show` and
@@ -35,6 +36,9 @@ DATA_REPORT = REPORTS / "data.json"  # per-split class counts, duplicate groups
 AUGMENT_REPORT = REPORTS / "augment.json"  # per-class counts before/after oversampling
 EVAL_REPORT = REPORTS / "eval.json"  # every test metric; recomputable from PREDICTIONS
 GRADCAM_REPORT = REPORTS / "gradcam.json"  # localisation per class, layer and method
+# What decided the trained model's numbers (versions, kernels, threads, ...) and the machine
+# that trained it; its short hash is in TRAIN_METRICS.
+ENVIRONMENT_REPORT = REPORTS / "environment.json"
 
 PLOTS = Path("plots")
 TRAIN_HISTORY = PLOTS / "train_history.csv"

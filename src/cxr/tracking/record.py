@@ -56,6 +56,27 @@ def epoch_metrics(stats: Mapping[str, float]) -> tuple[int, dict[str, float]]:
     return epoch, {epoch_metric_name(k): float(v) for k, v in row.items()}
 
 
+def log_epoch(run: PipelineRun, stats: Mapping[str, float]) -> None:
+    """One epoch's numbers as series (step = epoch), its throughput included."""
+    step, metrics = epoch_metrics(stats)
+    run.log_metrics(metrics, step=step)
+
+
+def environment_tags(fingerprint: Mapping[str, Any]) -> dict[str, str]:
+    """The environment fingerprint (reports/environment.json) as tags a run list can show:
+    its hash, the mode, torch, the kernels or GPU in use, the threads and the CPU."""
+    decides, machine = fingerprint["decides"], fingerprint["machine"]
+    kernels = decides.get("kernels") or decides.get("cuda") or {}
+    return {
+        "cxr.environment": fingerprint["hash"],
+        "cxr.environment.reproducible": str(decides["reproducible"]).lower(),
+        "cxr.environment.torch": decides["versions"]["torch"],
+        "cxr.environment.kernels": ", ".join(f"{k} {v}" for k, v in kernels.items()),
+        "cxr.environment.threads": str(decides["threads"]),
+        "cxr.environment.cpu": machine["cpu"],
+    }
+
+
 def report_metrics(report: Mapping[str, Any], prefix: str) -> dict[str, float]:
     """The measurements of a nested report as `prefix/a/b` metrics, without counts, settings
     or the sections logged as tables."""
@@ -164,7 +185,10 @@ STAGE_ARTIFACTS = {
     ),
     "split": (DATA_FOLDER, (layout.DATA_REPORT,)),
     "augment": (DATA_FOLDER, (layout.AUGMENT_REPORT, layout.AUGMENTED_MANIFEST)),
-    "train": (TRAINING_FOLDER, (layout.TRAIN_METRICS, layout.TRAIN_HISTORY)),
+    "train": (
+        TRAINING_FOLDER,
+        (layout.TRAIN_METRICS, layout.TRAIN_HISTORY, layout.ENVIRONMENT_REPORT),
+    ),
     "evaluate": (
         EVALUATION_FOLDER,
         (layout.EVAL_REPORT, layout.PREDICTIONS, layout.ROC, layout.PR, layout.RELIABILITY),
@@ -211,3 +235,6 @@ def _record_training(run: PipelineRun, backfill: bool) -> None:
     summary = _read(layout.TRAIN_METRICS)
     if summary and "best_epoch" in summary:
         run.log_metrics({"train/best_epoch": float(summary["best_epoch"])})
+    environment = _read(layout.ENVIRONMENT_REPORT)
+    if environment:
+        run.set_tags(environment_tags(environment))

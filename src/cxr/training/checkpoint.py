@@ -34,11 +34,13 @@ class ModelCard:
 
 
 def save_checkpoint(path: Path, model: nn.Module, card: ModelCard) -> None:
-    """Weights plus model card, written atomically."""
+    """Weights plus model card, written atomically; equal models give equal bytes."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": 1, "card": asdict(card), "state_dict": state}
-    with atomic_file(path) as scratch:
-        torch.save(payload, scratch)
+    # Into an open file, not a path: torch.save names the archive's root folder after the file
+    # it is given, which here would be the scratch name, unique to every write.
+    with atomic_file(path) as scratch, scratch.open("wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(

@@ -1,13 +1,70 @@
-"""Where and how training runs: the device and the random seeds."""
+"""Where and how a model runs: the device, the seeds, the kernels, and the environment's record.
+
+On a CPU the bytes a run produces depend on which kernels compute it: PyTorch's own vectorised
+code (per instruction set: plain, AVX2, AVX-512), oneDNN's convolutions (likewise), MKL's
+matrix products (per code path) and how many threads split each reduction. `train.reproducible`
+pins all of them (`pinned_environment`) so that any x86-64 CPU with AVX2 computes exactly the
+same numbers; the libraries read these settings from the environment when they first run a
+kernel, so `enter_reproducible_mode` re-executes the stage with them in place (once, at its
+start) when they are not. On a GPU the mode asks for deterministic algorithms instead of
+cuDNN's fastest.
+
+`environment_fingerprint` records what decides a run's numbers (library versions, kernels,
+threads, deterministic flags, the GPU) and the machine it ran on; its short hash goes into the
+metrics, so a metrics diff says whether the environment changed.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import platform
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from cxr.core.config import TrainConfig
 from cxr.core.errors import ConfigError
+
+# What reproducible mode pins, read by each library when it first runs a kernel.
+KERNEL_PINS = {
+    # PyTorch's vectorised kernels: the AVX2 versions, which every x86-64 CPU since 2013
+    # (Intel Haswell, AMD Zen) runs; AVX-512 ones would round differently.
+    "ATEN_CPU_CAPABILITY": "avx2",
+    # oneDNN (convolutions): at most AVX2 instructions, for the same reason.
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    # MKL (matrix products): its conditional-numerical-reproducibility path that every x86 CPU
+    # runs (its AVX2 path is honoured on Intel CPUs only).
+    "MKL_CBWR": "COMPATIBLE",
+    # cuBLAS: a fixed workspace, which deterministic GEMMs on CUDA need.
+    "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+}
+# The ATen capability the pin selects, as torch.backends.cpu reports it.
+PINNED_CAPABILITY = "AVX2"
+VERSIONED = ("torch", "torchvision", "timm", "numpy")
+
+
+def pinned_environment(threads: int) -> dict[str, str]:
+    """The environment variables reproducible mode sets: kernel pins and thread counts."""
+    return {**KERNEL_PINS, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def enter_reproducible_mode(cfg: TrainConfig) -> None:
+    """In reproducible mode, return only in a process whose environment holds the pins: the
+    first call re-executes this process (same interpreter, arguments and pid) with them."""
+    if not cfg.reproducible:
+        return
+    wanted = pinned_environment(cfg.threads)
+    if all(os.environ.get(name) == value for name, value in wanted.items()):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **wanted})
 
 
 def select_device(requested: str) -> torch.device:
@@ -26,12 +83,101 @@ def select_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def seed_everything(seed: int, device: torch.device) -> None:
-    """Seed every RNG training touches; on CPU also insist on deterministic kernels."""
+def configure(cfg: TrainConfig, device: torch.device) -> None:
+    """Threads, deterministic algorithms and seeds for a run on `device`. CPU runs always use
+    deterministic algorithms (they cost nothing there); GPU runs only in reproducible mode,
+    else they take cuDNN's fastest kernels."""
+    torch.set_num_threads(cfg.threads)
+    deterministic = device.type == "cpu" or cfg.reproducible
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    if cfg.reproducible and device.type == "cpu":
+        _check_pins_took_effect()
+    seed_everything(cfg.seed)
+
+
+def _check_pins_took_effect() -> None:
+    in_use = torch.backends.cpu.get_cpu_capability()
+    if in_use != PINNED_CAPABILITY:
+        print(
+            f"warning: train.reproducible: this CPU runs PyTorch's {in_use} kernels, not "
+            f"{PINNED_CAPABILITY}; its results will differ from those of AVX2 machines",
+            file=sys.stderr,
+        )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the RNGs training touches."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
+
+
+def _version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
+
+
+def _cpu_instruction_sets() -> list[str]:
+    """The vector instruction sets this CPU has (from /proc/cpuinfo, where there is one)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return []
+    flags = next(
+        (
+            line.split(":", 1)[1].split()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("flags")
+        ),
+        [],
+    )
+    return [name for name in ("sse4_2", "avx", "avx2", "avx512f", "amx_tile") if name in flags]
+
+
+def environment_fingerprint(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """What decides this run's numbers (`decides`) and the machine it ran on (`machine`),
+    with `hash`, a short hash of `decides`. In reproducible mode the CPU model is not part of
+    what decides: any AVX2 machine gives the same bytes; otherwise it is."""
+    decides: dict[str, Any] = {
+        "reproducible": cfg.reproducible,
+        "versions": {name: _version(name) for name in VERSIONED},
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
     if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-    else:  # GPU runs trade bit-exactness for cuDNN's fastest kernels
-        torch.backends.cudnn.benchmark = True
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        decides["kernels"] = {
+            "aten": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "all"),
+            "mkl_cbwr": os.environ.get("MKL_CBWR", "off"),
+        }
+    if device.type == "cuda":
+        decides["cuda"] = {
+            "gpu": torch.cuda.get_device_name(device),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        }
+    machine = {
+        "cpu": _cpu_model(),
+        "instruction_sets": _cpu_instruction_sets(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    if not cfg.reproducible and device.type == "cpu":
+        decides["cpu"] = {"model": machine["cpu"], "instruction_sets": machine["instruction_sets"]}
+    digest = hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:12]
+    return {"hash": digest, "decides": decides, "machine": machine}

@@ -1,0 +1,76 @@
+"""Reproducible mode, checked as another machine would see it: "another CPU" is emulated by
+capping the instruction sets the three kernel libraries may use (PyTorch's ATen, oneDNN, MKL),
+which changes the numbers they compute; in reproducible mode the train stage pins its kernels
+before any of them runs, so the model comes out byte for byte the same. The environment that
+decided the numbers is in metrics/train.json (its hash), reports/environment.json and MLflow.
+
+What the emulation cannot show (a different CPU model with the same instruction sets, whose
+cache sizes may change how oneDNN blocks a convolution) is stated in the README."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers.train_project import make_project, run_train, stage_env
+
+# Two machines: an old one (no AVX; SSE4.2 at most) and an AVX2 one without AVX-512.
+OLD_CPU = {
+    "ATEN_CPU_CAPABILITY": "default",
+    "ONEDNN_MAX_CPU_ISA": "SSE41",
+    "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+}
+AVX2_CPU = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
+
+# A convolution (oneDNN), a matrix product (MKL) and a long reduction (ATen), as training runs
+# them; their results' hash.
+KERNELS = """
+import hashlib, torch
+torch.manual_seed(0)
+x = torch.randn(8, 16, 24, 24)
+conv = torch.nn.Conv2d(16, 32, 3)
+out = [conv(x), torch.randn(300, 500) @ torch.randn(500, 70), torch.randn(1_000_003).sum()]
+print(hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in out)).hexdigest())
+"""
+
+
+def kernels_hash(env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", KERNELS], env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_the_emulated_cpus_compute_different_numbers(tmp_path: Path) -> None:
+    """The emulation has teeth: without pins the two machines' kernels disagree."""
+    base = stage_env(tmp_path)
+    assert kernels_hash({**base, **OLD_CPU}) != kernels_hash({**base, **AVX2_CPU})
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_reproducible_mode_trains_the_same_model_on_both_emulated_cpus(tmp_path: Path) -> None:
+    results = {}
+    for name, cpu in (("old", OLD_CPU), ("avx2", AVX2_CPU)):
+        root = make_project(tmp_path / name, per_class=6, epochs=1, reproducible=True)
+        run_train(root, **cpu)
+        metrics = json.loads((root / "metrics/train.json").read_text())
+        environment = json.loads((root / "reports/environment.json").read_text())
+        with sqlite3.connect(root / "mlflow.db") as db:
+            tags = dict(db.execute("select key, value from tags").fetchall())
+        results[name] = (sha256(root / "models/model.pt"), metrics)
+        assert metrics["environment"] == environment["hash"] == tags["cxr.environment"]
+        assert environment["decides"]["kernels"]["aten"] == "AVX2"  # pinned, not the cap
+        assert environment["decides"]["threads"] == 2
+        assert "AVX2" in tags["cxr.environment.kernels"]
+    assert results["old"] == results["avx2"]
