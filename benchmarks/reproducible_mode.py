@@ -29,12 +29,8 @@ import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
 EMULATED = {
-    "old CPU (SSE4.2)": {
-        "ATEN_CPU_CAPABILITY": "default",
-        "ONEDNN_MAX_CPU_ISA": "SSE41",
-        "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
-    },
-    "AVX2 CPU": {
+    "this CPU": {},
+    "AVX2 CPU (no AVX-512)": {
         "ATEN_CPU_CAPABILITY": "avx2",
         "ONEDNN_MAX_CPU_ISA": "AVX2",
         "MKL_ENABLE_INSTRUCTIONS": "AVX2",

@@ -53,8 +53,9 @@ def test_every_stage_declares_exactly_the_params_groups_it_reads() -> None:
         "split": {"split"},
         "augment": {"augment"},
         "train": {"lr", "train", "tracking.registered_model"},
-        "evaluate": {"evaluate"},
-        "gradcam": {"gradcam"},
+        # both run the model, so they pin kernels and threads as train does
+        "evaluate": {"evaluate", "train.reproducible", "train.threads"},
+        "gradcam": {"gradcam", "train.reproducible", "train.threads"},
     }
 
 

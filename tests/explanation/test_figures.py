@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from cxr.explanation.figures import (
@@ -52,7 +53,7 @@ def test_cam_grid_draws_only_filled_pairs_with_colour_bar_legend_and_fitting_cap
     assert legends == [MASK_LABEL]
     # Every caption lies inside the figure (nothing cut off at the edges).
     box = figure.bbox
-    renderer = figure.canvas.get_renderer()
+    renderer = FigureCanvasAgg(figure).get_renderer()  # figures come without a canvas
     captions = [sub._suptitle for sub in figure.subfigs[0].subfigs if sub._suptitle is not None]
     assert len(captions) == 4
     for text in captions:

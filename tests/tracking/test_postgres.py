@@ -28,5 +28,5 @@ def test_pipeline_logs_to_mlflow_server_on_postgres(tmp_path: Path) -> None:
     params, metrics = as_dict(found["data"]["params"]), as_dict(found["data"]["metrics"])
     accuracy = json.loads((project / "metrics" / "eval.json").read_text())["accuracy"]
     assert float(params["lr"]) == TINY_PARAMS["lr"]
-    assert metrics["eval/accuracy"] == pytest.approx(accuracy)
+    assert metrics["test/accuracy"] == pytest.approx(accuracy)
     assert found["info"]["status"] == "FINISHED"

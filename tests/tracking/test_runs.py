@@ -79,9 +79,13 @@ def test_unreachable_server_message_hides_the_password(
         pass
     assert "is unreachable" in str(caught.value)
     assert "hunter2" not in str(caught.value)
-    # MLflow gets the credentials from its own variables, never in a URI it could print
-    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "hunter2"
-    assert "hunter2" not in os.environ["MLFLOW_TRACKING_URI"]
+    # MLflow gets the credentials from its own variables, never in a URI it could print; the
+    # settings last while the stage talks to MLflow and are undone after.
+    with tracking.mlflow_environment(os.environ["MLFLOW_TRACKING_URI"]) as uri:
+        assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "hunter2"
+        assert "hunter2" not in os.environ["MLFLOW_TRACKING_URI"]
+        assert "hunter2" not in uri
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
 
 
 def test_unreachable_server_only_warns_when_tracking_optional(

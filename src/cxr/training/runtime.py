@@ -89,7 +89,9 @@ def configure(cfg: TrainConfig, device: torch.device) -> None:
     else they take cuDNN's fastest kernels."""
     torch.set_num_threads(cfg.threads)
     deterministic = device.type == "cpu" or cfg.reproducible
-    torch.use_deterministic_algorithms(deterministic)
+    # On CUDA some ops (adaptive pooling's backward, among others) have no deterministic
+    # kernel: warn there rather than stop the run.
+    torch.use_deterministic_algorithms(deterministic, warn_only=device.type != "cpu")
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
     if cfg.reproducible and device.type == "cpu":
