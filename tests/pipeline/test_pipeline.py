@@ -239,11 +239,18 @@ def test_pipeline_on_real_xrays_pretrained_beats_scratch_and_majority(
     assert sum(download["masks"].values()) > 0  # the lung masks came along, as masks
     assert json.loads((project / "reports/data.json").read_text())["groups"]["by"] == "patient"
     pretrained = json.loads((project / "reports/eval.json").read_text())
+    cams = {"pretrained": json.loads((project / "metrics/gradcam.json").read_text())["overall"]}
     assert sorted(pretrained["per_class"]) == classes
     git_commit(project, "pretrained run")
     done = run(["dvc", "exp", "run", "-S", "train.weights=none"], project)
     assert stages_run(done.stdout) == ["params", "train", "evaluate", "gradcam"]
     scratch = json.loads((project / "reports/eval.json").read_text())
+    cams["scratch"] = json.loads((project / "metrics/gradcam.json").read_text())["overall"]
+    for name, cam in cams.items():  # README, Grad-CAM on cxr3: read from CI's output
+        print(
+            f"cxr3 Grad-CAM {name}: lung energy/area {cam['energy_over_area']:.2f}, "
+            f"pointing hit rate {cam['pointing_hit_rate']:.2f} over {cam['images']} images"
+        )
     majority = pretrained["baselines"]["majority"]["balanced_accuracy"]
     print(
         "cxr3 balanced accuracy: pretrained",
