@@ -70,7 +70,11 @@ def test_server_over_project_store_finds_the_pipeline_run(project: Path, server:
     assert tags["cxr.data.split_md5"] == dvc_lock_md5(project, "data/split")
     base = run(["git", "rev-list", "-n1", "--grep=tiny params", "HEAD"], project).stdout.strip()
     assert tags["cxr.baseline_rev"] == base
-    assert all(tags[f"cxr.stage.{s}"] == "done" for s in ("train", "evaluate", "gradcam"))
+    stages = ("train", "evaluate", "gradcam", "embed", "defer")
+    assert all(tags[f"cxr.stage.{s}"] == "done" for s in stages)
+    deferral = json.loads((project / "reports" / "deferral.json").read_text())
+    assert metrics["deferral/test/coverage"] == pytest.approx(deferral["test"]["coverage"])
+    assert "test/gradcam/faithfulness/methods/lime/deletion_auc/mean" in metrics
 
 
 def test_model_is_logged_with_signature_and_loads(project: Path, server: str) -> None:
