@@ -6,16 +6,21 @@ size). Figures of the predicted class's map go to plots/gradcam/overlays/<Class>
 with one grid per class and outcome that has images (plots/gradcam/grids/<Class>_<outcome>.png,
 DVC image plots). Where masks exist, reports/gradcam.json scores per class how much of the true
 class's map lies inside them, against the masks' own area share (what an uninformative map
-would score); metrics/gradcam.json holds the overall scores.
+would score). LIME, Grad-CAM and Grad-CAM++ are then drawn side by side
+(plots/gradcam/methods/) and each method's faithfulness scored by deletion/insertion AUC
+(cxr.explanation.faithfulness) on a spread of test images; metrics/gradcam.json holds the
+overall localisation and faithfulness scores.
 """
 
 from cxr.core import layout
 from cxr.core.config import load_params
 from cxr.core.errors import run_stage
 from cxr.core.fsio import write_json
+from cxr.explanation.faithfulness import SALIENCY, headline
 from cxr.explanation.figures import write_gradcam_overlays
 from cxr.explanation.gradcam import METHODS, choose_layer, compute_cams
 from cxr.explanation.localisation import load_masks, localisation_report
+from cxr.explanation.methods import explain_and_score
 from cxr.tracking.record import GRADCAM_FOLDER
 from cxr.tracking.runs import pipeline_run
 from cxr.training.checkpoint import load_checkpoint
@@ -24,14 +29,14 @@ from cxr.training.runtime import configure, enter_reproducible_mode, select_devi
 
 
 def main() -> None:
-    params = load_params(registries=(METHODS,))
+    params = load_params(registries=(METHODS, SALIENCY))
     enter_reproducible_mode(params.train)  # the kernels and threads the model was trained with
     cfg = params.gradcam
     with pipeline_run("gradcam", params) as run:
         device = select_device("auto")
         configure(params.train, device)
         model, card = load_checkpoint(layout.MODEL, device)
-        test = load_split(layout.SPLIT / "test", card.image_size, card.classes)
+        test = load_split(layout.SPLIT / "test", card.image_size, card.classes, card.prep)
         path, layer = choose_layer(
             model, card.arch, card.image_size, cfg.target_layer, cfg.min_map_size
         )
@@ -57,8 +62,6 @@ def main() -> None:
         masks = load_masks(layout.MASKS, list(test.files), card.image_size)
         report = localisation_report(true_cams, masks, labels, card.classes)
         report["layer"], report["method"] = path, cfg.method
-        write_json(layout.GRADCAM_REPORT, report)
-        write_json(layout.GRADCAM_METRICS, report["overall"])
         drawn = write_gradcam_overlays(
             layout.GRADCAM_DIR,
             list(test.files),
@@ -70,6 +73,14 @@ def main() -> None:
             cfg.images_per_class,
             cfg.overlay_alpha,
         )
+        # LIME beside Grad-CAM(++) and the faithfulness of each (after the overlays, which
+        # replace the whole folder)
+        report["faithfulness"] = explain_and_score(
+            model, card.arch, layer, test, cfg, device, layout.GRADCAM_METHODS
+        )
+        write_json(layout.GRADCAM_REPORT, report)
+        metrics = {**report["overall"], "faithfulness": headline(report["faithfulness"])}
+        write_json(layout.GRADCAM_METRICS, metrics)
         run.log_artifacts(layout.GRADCAM_DIR, GRADCAM_FOLDER)
         print(f"gradcam ({cfg.method}, {path}): {sum(drawn.values())} images in {len(drawn)} grids")
         overall = report["overall"]

@@ -33,6 +33,7 @@ from cxr.training.loop import REGIMES, fit
 from cxr.training.models import MODELS, build_model, resolve_weights
 from cxr.training.optim import OPTIMIZERS, SCHEDULERS
 from cxr.training.pixels import cached_split, index_folder
+from cxr.training.preprocessing import PREPROCESSING, Preprocessing
 from cxr.training.report import EpochReport, history_figure, history_frame, summarize
 from cxr.training.runtime import (
     configure,
@@ -44,8 +45,11 @@ from cxr.training.state import SELECTION, resume_key
 
 
 def main() -> None:
-    params = load_params(registries=(MODELS, OPTIMIZERS, SCHEDULERS, REGIMES, SELECTION))
+    params = load_params(
+        registries=(MODELS, OPTIMIZERS, SCHEDULERS, REGIMES, SELECTION, PREPROCESSING)
+    )
     cfg = params.train
+    prep = Preprocessing.from_config(params.preprocess)  # stored in the model card
     enter_reproducible_mode(cfg)  # may re-execute this process with pinned kernels
     world = world_from_env()
     device = device_for(world, select_device(cfg.device))
@@ -65,7 +69,7 @@ def main() -> None:
         train_set, val_set = writer_first(
             world,
             lambda build: [
-                cached_split(folder, cfg.image_size, classes, build)
+                cached_split(folder, cfg.image_size, classes, build, prep)
                 for folder in (layout.AUGMENTED_TRAIN, layout.SPLIT / "val")
             ],
         )
@@ -90,7 +94,13 @@ def main() -> None:
         write_csv(layout.TRAIN_HISTORY, history)
         model.load_state_dict(result.best_state)
         card = ModelCard(
-            cfg.model, classes, cfg.image_size, cfg.weights, result.best_epoch, weights_sha256
+            cfg.model,
+            classes,
+            cfg.image_size,
+            cfg.weights,
+            result.best_epoch,
+            weights_sha256,
+            prep.as_dict(),
         )
         save_checkpoint(layout.MODEL, model, card)
         extra = {"weights_sha256": weights_sha256, "environment": environment["hash"]}

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.project import EVAL_CLASSES, copy_project, make_split_folders, real_data_dir, run
+from tests.helpers.project import (
+    EVAL_CLASSES,
+    copy_project,
+    make_split_folders,
+    real_data_dir,
+    run,
+    set_params,
+)
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +64,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project copy with tiny val/test splits, an untrained checkpoint, and the evaluate
-    and gradcam stages run in it (real MLflow SQLite store in the copy). Shared by the
-    evaluation, DVC plots and MLflow page tests; none of them may change it."""
+    """A project copy with tiny val/test splits, an untrained checkpoint, and the evaluate,
+    gradcam, embed and defer stages run in it (real MLflow SQLite store in the copy). Shared
+    by the evaluation, explanation, DVC plots and MLflow page tests; none may change it."""
     import torch
 
     from cxr.training.checkpoint import ModelCard, save_checkpoint
@@ -75,12 +82,14 @@ def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params.write_text(
         params.read_text().replace("bootstrap_resamples: 1000", "bootstrap_resamples: 50")
     )
-    done = run([sys.executable, "stages/evaluate.py"], project_copy)
-    (project_copy / "evaluate.log").write_text(done.stdout)
-    run([sys.executable, "stages/gradcam.py"], project_copy)
+    # LIME scores one perturbed copy per sample and image: a few images, few samples
+    set_params(project_copy, {"gradcam.faithfulness.images": 6, "gradcam.lime.num_samples": 60})
+    for stage in ("evaluate", "gradcam", "embed", "defer"):
+        done = run([sys.executable, f"stages/{stage}.py"], project_copy)
+        (project_copy / f"{stage}.log").write_text(done.stdout)
     # Record the outputs as DVC would after `dvc repro` (dvc plots reads a directory output
     # through the cache).
-    run(["dvc", "commit", "--force", "evaluate", "gradcam"], project_copy)
+    run(["dvc", "commit", "--force", "evaluate", "gradcam", "embed", "defer"], project_copy)
     return project_copy
 
 

@@ -144,10 +144,16 @@ def test_importing_every_module_changes_nothing_outside_the_package() -> None:
 
 def _listed_names(params_text: str, dotted_key: str) -> list[str] | None:
     """The names params.yaml's comment at `dotted_key` lists (`a | b (note) | c`), or None
-    where it lists none."""
-    leaf = dotted_key.rsplit(".", 1)[-1]
+    where it lists none. The key's line is found by walking its path (`preprocess.method`
+    is the `method:` below `preprocess:`, not gradcam's)."""
     lines = params_text.splitlines()
-    at = next(i for i, line in enumerate(lines) if re.match(rf"\s+{re.escape(leaf)}:", line))
+    at = -1
+    for part in dotted_key.split("."):
+        at = next(
+            i
+            for i, line in enumerate(lines)
+            if i > at and re.match(rf"\s*{re.escape(part)}:", line)
+        )
     comment = [lines[at].partition("#")[2]]
     above = at - 1
     while above >= 0 and lines[above].strip().startswith("#"):

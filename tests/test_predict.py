@@ -169,3 +169,59 @@ def test_malicious_model_file_is_refused_with_exit_2(real_images, tmp_path: Path
     assert f"{hostile}: not a model checkpoint written by the train stage" in done.stderr
     assert "weights_only" not in done.stderr and "Traceback" not in done.stderr
     assert not marker.exists()
+
+
+def predict_in_process(
+    capsys: pytest.CaptureFixture[str], *args: str | Path
+) -> tuple[int, str, str]:
+    """cxr-predict's `main` in this process (the console script is tested above): exit status,
+    stdout, stderr. Saves a torch import per call."""
+    from cxr.predict import main
+
+    status = main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_deferral_rule_beside_the_model_marks_refer_and_accept(
+    real_images, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    from cxr.core.fsio import sha256_file
+    from cxr.evaluation.deferral import confidences
+
+    model = tmp_path / "model.pt"
+    torch.manual_seed(1)
+    card = ModelCard("resnet18", CLASSES, image_size=48, weights="none", epoch=1)
+    save_checkpoint(model, build_model("resnet18", len(CLASSES)), card)
+    images = real_images[:4]
+    plain = json.loads(predict_in_process(capsys, *images, "--model", model, "--json")[1])
+    assert all("decision" not in r for r in plain)  # no rule beside the model: no decision
+    probabilities = np.array([list(r["probabilities"].values()) for r in plain])
+    calibrated = confidences(probabilities, 2.0)  # the rule's temperature, applied by hand
+    threshold = float(np.median(calibrated))
+    rule = {"threshold": threshold, "temperature": 2.0, "model_sha256": sha256_file(model)}
+    (tmp_path / "deferral.json").write_text(json.dumps(rule))
+    decided = json.loads(predict_in_process(capsys, *images, "--model", model, "--json")[1])
+    assert [r["decision"] for r in decided] == [
+        "accept" if c >= threshold else "refer" for c in calibrated
+    ]
+    assert {r["decision"] for r in decided} == {"accept", "refer"}
+    assert [r["confidence"] for r in decided] == pytest.approx(calibrated, abs=1e-5)
+    table = predict_in_process(capsys, images[0], "--model", model)[1]
+    assert table.splitlines()[0].endswith("decision")
+    # a rule of another model is refused rather than applied
+    (tmp_path / "deferral.json").write_text(json.dumps({**rule, "model_sha256": "0" * 64}))
+    status, _, err = predict_in_process(capsys, images[0], "--model", model)
+    assert status == 2 and "chosen for another model" in err
+    assert predict_in_process(capsys, images[0], "--model", model, "--no-deferral")[0] == 0
+
+
+def test_lime_figure(
+    checkpoint: Path, real_images, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    out = tmp_path / "lime.png"
+    args = (real_images[0], "--model", checkpoint, "--cam", out, "--method", "lime", "--json")
+    status, stdout, err = predict_in_process(capsys, *args)
+    assert status == 0, err
+    assert json.loads(stdout)[0]["cam"] == str(out)
+    assert out.read_bytes().startswith(b"\x89PNG")

@@ -6,17 +6,29 @@ from __future__ import annotations
 
 from cxr.core.registry import Registry
 from cxr.data.augment import OPERATIONS
+from cxr.explanation.faithfulness import SALIENCY
 from cxr.explanation.gradcam import METHODS
 from cxr.training.loop import REGIMES
 from cxr.training.models import MODELS
 from cxr.training.optim import OPTIMIZERS, SCHEDULERS
+from cxr.training.preprocessing import PREPROCESSING
 from cxr.training.state import SELECTION
 
 
 def registries() -> tuple[Registry, ...]:
     """Each kind's registry: models, optimizers, schedulers, fine-tuning regimes, selection
-    rules, augment operations, explanation methods."""
-    return (MODELS, OPTIMIZERS, SCHEDULERS, REGIMES, SELECTION, OPERATIONS, METHODS)
+    rules, augment operations, explanation methods, saliency methods, preprocessing methods."""
+    return (
+        MODELS,
+        OPTIMIZERS,
+        SCHEDULERS,
+        REGIMES,
+        SELECTION,
+        OPERATIONS,
+        METHODS,
+        SALIENCY,
+        PREPROCESSING,
+    )
 
 
 if __name__ == "__main__":

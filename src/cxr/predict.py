@@ -1,7 +1,9 @@
-"""`cxr-predict`: class probabilities (and optionally a Grad-CAM figure) for image files.
+"""`cxr-predict`: class probabilities (and optionally a Grad-CAM or LIME figure, and an
+accept/refer decision) for image files.
 
 Preprocessing and inference are the evaluation path's own: `cxr.training.pixels.load_pixels`
-(decode, resize to the checkpoint's image size) → `cxr.training.inference`. A file that cannot
+(decode, resize to the checkpoint's image size, the intensity preprocessing its card names) →
+`cxr.training.inference`. A file that cannot
 be read gets its error in the output (table row or JSON `error`), printed once; the other files
 are still scored, and the exit status is 1.
 
@@ -9,6 +11,10 @@ The Grad-CAM figure shows the original beside the overlay, the explained class a
 probability in the title, and a colour bar. Maps are on one absolute scale per image: the
 maps of all classes are computed and divided by the largest of them, so a class the model
 finds no evidence for shows a faint map, not a full-strength one.
+
+With a deferral rule (the defer stage's models/deferral.json, beside the model) each image is
+also marked `accept` or `refer`: refer when its calibrated top-class confidence is below the
+rule's threshold. A rule chosen for another model is refused (it carries the model's sha256).
 """
 
 from __future__ import annotations
@@ -22,11 +28,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
+from cxr.core.config import LimeConfig
 from cxr.core.errors import CxrError
+from cxr.core.fsio import save_figure
 from cxr.data.images import BadImageError
-from cxr.explanation.figures import cam_figure, display_image, save_figure
+from cxr.evaluation.deferral import decide, load_rule
+from cxr.explanation.faithfulness import explanations
+from cxr.explanation.figures import cam_figure, display_image
 from cxr.explanation.gradcam import METHODS, choose_layer, compute_cams
+from cxr.explanation.lime_explain import display_scaled, lime_maps
 from cxr.training.checkpoint import ModelCard, load_checkpoint
 from cxr.training.inference import predict_logits
 from cxr.training.pixels import load_pixels
@@ -42,6 +54,9 @@ class Prediction:
     probabilities: dict[str, float] | None = None
     error: str | None = None
     cam: str | None = None  # the Grad-CAM figure written for this image
+    # with a deferral rule (cxr.evaluation.deferral): calibrated top-class confidence, decision
+    confidence: float | None = None
+    decision: str | None = None
 
     @property
     def predicted(self) -> str | None:
@@ -59,6 +74,8 @@ class Prediction:
         }
         if self.cam is not None:
             result["cam"] = self.cam
+        if self.decision is not None:
+            result["confidence"], result["decision"] = self.confidence, self.decision
         return result
 
 
@@ -74,15 +91,20 @@ def predict_files(
     label: str | None = None,
     target_layer: str = "auto",
     method: str = "gradcam",
+    deferral: Path | None = None,
+    use_deferral: bool = True,
 ) -> list[Prediction]:
-    """Score every file; unreadable ones become a Prediction with `error` set."""
+    """Score every file; unreadable ones become a Prediction with `error` set. With a
+    deferral rule (`deferral`, else models/deferral.json beside the model) each image is also
+    marked accept or refer."""
     model, card = open_model(model_path)
+    rule = load_rule(deferral, model_path) if use_deferral else None
     if label is not None and label not in card.classes:
         raise CxrError(f"--label {label!r}: the model's classes are {list(card.classes)}")
     results = []
     for path in paths:
         try:
-            pixels = load_pixels((Path(path),), card.image_size)
+            pixels = load_pixels((Path(path),), card.image_size, prep=card.prep)
         except (BadImageError, OSError) as err:
             results.append(Prediction(str(path), error=str(err)))
             continue
@@ -93,8 +115,15 @@ def predict_files(
             target = card.classes.index(label) if label else int(probs.argmax())
             written = cam_path(cam_out, Path(path), len(paths) > 1)
             write_cam(model, card, Path(path), pixels, target, written, target_layer, method)
+        confidence, decision = decide(probs, rule) if rule else (None, None)
         results.append(
-            Prediction(str(path), probabilities, cam=None if written is None else str(written))
+            Prediction(
+                str(path),
+                probabilities,
+                cam=None if written is None else str(written),
+                confidence=None if confidence is None else round(confidence, 6),
+                decision=decision,
+            )
         )
     return results
 
@@ -149,8 +178,11 @@ def write_cam(
     method: str,
 ) -> None:
     """The figure for class `target`: original beside overlay, title with class and
-    probability, colour bar on the absolute scale (see `class_maps`)."""
-
+    probability, colour bar on the absolute scale (see `class_maps`); for a method that is no
+    Grad-CAM (LIME), its own figure (`lime_figure`)."""
+    if method not in METHODS:
+        save_figure(lime_figure(model, card, image, pixels, target), out)
+        return
     maps, probs = class_maps(model, card, pixels, layer, method)
     predicted = int(probs.argmax())
     name = card.classes[target]
@@ -161,17 +193,42 @@ def write_cam(
     save_figure(cam_figure(display_image(image), maps[target], title, scale), out)
 
 
+def lime_figure(
+    model: torch.nn.Module, card: ModelCard, image: Path, pixels: torch.Tensor, target: int
+) -> Figure:
+    """The LIME figure of class `target` (cxr.explanation.lime_explain, params.yaml's default
+    settings): the image beside the map of positive evidence."""
+    lime = LimeConfig()
+    maps = lime_maps(
+        model, card.arch, pixels, np.array([target]), lime.num_samples, lime.segments, 0, CPU
+    )
+    probs = predict_logits(model, card.arch, pixels, 1, CPU).softmax(1)[0].numpy()
+    name = card.classes[target]
+    title = f"{image.name}\nLIME of {name}: p({name}) = {probs[target]:.2f}"
+    scale = f"LIME evidence for {name}\n(1 = strongest superpixel)"
+    return cam_figure(
+        display_image(image), display_scaled(maps[0]), title, scale, overlay="LIME overlay"
+    )
+
+
 def table(results: list[Prediction]) -> str:
-    """A plain-text table: image, predicted class, one probability column per class."""
+    """A plain-text table: image, predicted class, one probability column per class, and the
+    decision (accept/refer) when a deferral rule applies."""
     classes = next((list(r.probabilities) for r in results if r.probabilities), [])
+    deferral = any(r.decision is not None for r in results)
     width = max(len("image"), *(len(r.image) for r in results))
-    lines = [f"{'image':<{width}}  {'predicted':<16}" + "".join(f"{c:>17}" for c in classes)]
+    lines = [
+        f"{'image':<{width}}  {'predicted':<16}"
+        + "".join(f"{c:>17}" for c in classes)
+        + (f"{'confidence':>12}  decision" if deferral else "")
+    ]
     for r in results:
         if r.probabilities is None:
             lines.append(f"{r.image:<{width}}  ERROR: {r.error}")
         else:
             probs = "".join(f"{r.probabilities[c]:>17.4f}" for c in classes)
-            lines.append(f"{r.image:<{width}}  {r.predicted:<16}{probs}")
+            decided = f"{r.confidence:>12.4f}  {r.decision}" if r.decision else ""
+            lines.append(f"{r.image:<{width}}  {r.predicted:<16}{probs}{decided}")
     return "\n".join(lines)
 
 
@@ -179,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(
         prog="cxr-predict",
         description="Class probabilities for chest X-ray images from a trained checkpoint, "
-        "optionally with a Grad-CAM figure per image.",
+        "optionally with a Grad-CAM or LIME figure per image and an accept/refer decision.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     cli.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
@@ -203,7 +260,18 @@ def parser() -> argparse.ArgumentParser:
         help="layer for --cam: auto (the architecture's deepest with a map of >= 8 cells a "
         "side) or a dotted path such as layer4",
     )
-    cli.add_argument("--method", default="gradcam", choices=METHODS.names(), help="for --cam")
+    cli.add_argument(
+        "--method", default="gradcam", choices=explanations(), help="explanation drawn by --cam"
+    )
+    cli.add_argument(
+        "--deferral",
+        type=Path,
+        metavar="RULE.json",
+        help="deferral rule (the defer stage's models/deferral.json): marks images whose "
+        "calibrated confidence is below its threshold 'refer'; default: deferral.json beside "
+        "--model, if there is one",
+    )
+    cli.add_argument("--no-deferral", action="store_true", help="do not mark images accept/refer")
     return cli
 
 
@@ -211,7 +279,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         results = predict_files(
-            args.images, args.model, args.cam, args.label, args.target_layer, args.method
+            args.images,
+            args.model,
+            args.cam,
+            args.label,
+            args.target_layer,
+            args.method,
+            args.deferral,
+            not args.no_deferral,
         )
     except CxrError as err:
         print(f"cxr-predict: error: {err}", file=sys.stderr)

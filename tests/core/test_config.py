@@ -44,6 +44,9 @@ def declared_params(stage: dict) -> set[str]:
     return {next(iter(entry)) if isinstance(entry, dict) else entry for entry in stage["params"]}
 
 
+RUNTIME = {"train.reproducible", "train.threads"}
+
+
 def test_every_stage_declares_exactly_the_params_groups_it_reads() -> None:
     stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
     declared = {name: declared_params(stage) for name, stage in stages.items()}
@@ -52,10 +55,12 @@ def test_every_stage_declares_exactly_the_params_groups_it_reads() -> None:
         "download": {"data"},
         "split": {"split"},
         "augment": {"augment"},
-        "train": {"lr", "train", "tracking.registered_model"},
-        # both run the model, so they pin kernels and threads as train does
-        "evaluate": {"evaluate", "train.reproducible", "train.threads"},
-        "gradcam": {"gradcam", "train.reproducible", "train.threads"},
+        "train": {"lr", "train", "preprocess", "tracking.registered_model"},
+        # the model's kernels and threads (cxr.training.runtime) in every stage that runs it
+        "evaluate": {"evaluate", *RUNTIME},
+        "gradcam": {"gradcam", *RUNTIME},
+        "embed": {"embeddings", "evaluate.batch_size", *RUNTIME},
+        "defer": {"deferral", "evaluate.batch_size", *RUNTIME},
     }
 
 

@@ -99,11 +99,32 @@ def test_epoch_axes_tick_whole_epochs(specs):
         assert axis == {"tickMinStep": 1, "format": "d"}, name
 
 
+def image_files(project: Path) -> list[str]:
+    """The Grad-CAM grids and the explanation-method figures: DVC's image plots."""
+    return sorted(
+        p.relative_to(project).as_posix()
+        for folder in ("grids", "methods")
+        for p in (project / "plots/gradcam" / folder).glob("*.png")
+    )
+
+
 def test_gradcam_grids_are_image_plots(specs, evaluated_project: Path):
-    grids = sorted(p.name for p in (evaluated_project / "plots/gradcam/grids").glob("*.png"))
-    assert grids
+    grids = image_files(evaluated_project)
+    assert any("/methods/" in name for name in grids) and any("/grids/" in name for name in grids)
     images = {name for name, plots in specs.items() if plots[0]["type"] == "image"}
-    assert images == {f"plots/gradcam/grids/{name}" for name in grids}
+    assert images == set(grids)
+
+
+def test_embedding_and_risk_coverage_charts(specs):
+    embedding = spec(specs, "plots/embeddings.csv")["spec"]["encoding"]
+    assert (embedding["color"]["field"], embedding["shape"]["field"]) == ("class", "outcome")
+    assert embedding["shape"]["scale"]["range"] == ["circle", "cross"]
+    risk = spec(specs, "plots/risk_coverage.csv")
+    line = layer_with(risk, "line")["encoding"]
+    assert line["color"]["field"] == "curve" and line["order"]["field"] == "point"
+    curves = {row["curve"] for row in risk["data"]["values"]}
+    assert any(c.startswith("test · AURC ") for c in curves)
+    assert any(c.startswith("target risk ") for c in curves)
 
 
 def rendered(page_html: Path, tmp_path: Path, shot: str) -> tuple[int, int]:
@@ -129,8 +150,10 @@ def test_plots_show_page_renders_offline_without_errors(evaluated_project: Path,
     out = tmp_path / "show"
     run(["dvc", "plots", "show", "-o", str(out)], evaluated_project)
     charts, images = rendered(out / "index.html", tmp_path, "dvc_plots_show.png")
-    assert charts >= 10  # 3 epoch charts, classes, 2 confusion, ROC, PR, reliability, per class
-    assert images == len(list((evaluated_project / "plots/gradcam/grids").glob("*.png")))
+    # 3 epoch charts, classes, 2 confusion, ROC, PR, reliability, per class, embeddings,
+    # risk-coverage
+    assert charts >= 12
+    assert images == len(image_files(evaluated_project))
 
 
 def test_plots_diff_page_renders_both_revisions(evaluated_project: Path, tmp_path: Path):
@@ -144,9 +167,8 @@ def test_plots_diff_page_renders_both_revisions(evaluated_project: Path, tmp_pat
     out = tmp_path / "diff"
     run(["dvc", "plots", "diff", "HEAD", "-o", str(out)], project)
     charts, images = rendered(out / "index.html", tmp_path, "dvc_plots_diff.png")
-    assert charts >= 10
-    grids = len(list((project / "plots/gradcam/grids").glob("*.png")))
-    assert images == 2 * grids  # each grid at both revisions
+    assert charts >= 12
+    assert images == 2 * len(image_files(project))  # each image at both revisions
 
 
 def test_templates_are_the_projects(evaluated_project: Path):
@@ -165,7 +187,7 @@ def test_templates_are_the_projects(evaluated_project: Path):
     }
     own = {p.stem for p in (evaluated_project / ".dvc/plots").glob("*.json")}
     assert named <= builtin | own
-    assert {"epochs", "roc", "precision_recall", "reliability"} <= own
+    assert {"epochs", "roc", "precision_recall", "reliability", "embedding", "risk_coverage"} <= own
     assert pd.read_csv(evaluated_project / "plots/roc.csv").columns.tolist()[:3] == [
         "class",
         "curve",

@@ -79,6 +79,8 @@ TINY_PARAMS: dict[str, object] = {
     "train.num_workers": 0,
     "evaluate.bootstrap_resamples": 100,
     "gradcam.images_per_class": 1,
+    "gradcam.faithfulness.images": 6,  # LIME: one forward pass per sample and image
+    "gradcam.lime.num_samples": 60,
 }
 
 

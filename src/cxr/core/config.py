@@ -319,12 +319,91 @@ class EvaluateConfig:
 
 
 @dataclass(config=_STRICT)
+class LimeConfig:
+    """LIME (Ribeiro et al., 2016) beside Grad-CAM: superpixels switched off at random."""
+
+    num_samples: int = Field(300, ge=10)  # perturbed copies scored per image explained
+    segments: int = Field(40, ge=2)  # SLIC superpixels per image (the features LIME weighs)
+    images_per_class: int = Field(1, ge=0)  # method figures per class and outcome
+
+
+@dataclass(config=_STRICT)
+class FaithfulnessConfig:
+    """Deletion/insertion AUC (Petsiuk et al., 2018) of each saliency method."""
+
+    images: int = Field(24, ge=0)  # test images scored (spread over the classes); 0: off
+    steps: int = Field(16, ge=2)  # pixels are removed/inserted in this many equal steps
+    methods: tuple[Annotated[str, registered("saliency method")], ...] = (
+        "gradcam",
+        "gradcam++",
+        "lime",
+        "random",
+    )
+    seed: int = 0
+
+
+@dataclass(config=_STRICT)
 class GradcamConfig:
     images_per_class: int = Field(3, ge=1)
     target_layer: str = "auto"  # `auto`: deepest of ModelSpec.cam_layers with a large map
     min_map_size: int = Field(8, ge=1)  # `auto`: smallest heat-map side (cells) to accept
     method: Annotated[str, registered("explanation method")] = "gradcam"
     overlay_alpha: float = Field(0.45, ge=0.0, le=1.0)
+    lime: LimeConfig = Field(default_factory=LimeConfig)
+    faithfulness: FaithfulnessConfig = Field(default_factory=FaithfulnessConfig)
+
+
+@dataclass(config=_STRICT)
+class ClaheConfig:
+    clip_limit: float = Field(0.01, gt=0.0, le=1.0)  # normalised clip limit (scikit-image)
+    tiles: int = Field(8, ge=1, le=64)  # contextual regions per image side
+
+
+@dataclass(config=_STRICT)
+class WhiteBalanceConfig:
+    saturation: float = Field(1.0, ge=0.0, lt=50.0)  # percent of pixels clipped at each end
+
+
+@dataclass(config=_STRICT)
+class PreprocessConfig:
+    """Intensity preprocessing after the resize (cxr.training.preprocessing), saved with the
+    model."""
+
+    method: Annotated[str, registered("preprocessing method")] = "none"
+    clahe: ClaheConfig = Field(default_factory=ClaheConfig)
+    white_balance: WhiteBalanceConfig = Field(default_factory=WhiteBalanceConfig)
+
+
+@dataclass(config=_STRICT)
+class EmbeddingsConfig:
+    """t-SNE map of the penultimate-layer embeddings (cxr.evaluation.embeddings)."""
+
+    splits: tuple[Literal["train", "val", "test"], ...] = ("train", "test")
+    max_images: int = Field(2000, ge=10)  # per split, a seeded sample beyond this
+    perplexity: float = Field(30.0, gt=1.0)  # lowered to (images - 1) / 3 on small sets
+    seed: int = 0
+
+    @field_validator("splits")
+    @classmethod
+    def _some_splits(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("must name one or more of train, val, test, each once")
+        return value
+
+
+@dataclass(config=_STRICT)
+class DeferralConfig:
+    """Selective prediction: refer images below a confidence threshold to a radiologist."""
+
+    # The highest error rate allowed on the images the model keeps (judged on val).
+    target_risk: float = Field(0.05, gt=0.0, lt=1.0)
+    # empirical: val's observed error on kept images <= target_risk; upper: its one-sided
+    # Clopper-Pearson upper bound at `confidence` <= target_risk (holds for new images with
+    # that probability, at the price of a lower coverage).
+    bound: Literal["empirical", "upper"] = "empirical"
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    # Calibrated confidences: the temperature fitted on val by the evaluate stage.
+    calibrated: bool = True
 
 
 @dataclass(config=_STRICT)
@@ -345,6 +424,9 @@ class Params:
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     gradcam: GradcamConfig = Field(default_factory=GradcamConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
+    deferral: DeferralConfig = Field(default_factory=DeferralConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 

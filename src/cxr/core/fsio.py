@@ -20,11 +20,14 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from cxr.core.errors import DiskFullError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PARTIAL_SUFFIX = ".partial"
 # The writer's machine, in scratch names: only a dead process of *this* machine can be told
@@ -147,6 +150,16 @@ def write_json(path: Path | str, data: Any) -> None:
 def write_csv(path: Path | str, frame: pd.DataFrame) -> None:
     with atomic_file(path) as scratch:
         frame.to_csv(scratch, index=False, lineterminator="\n")
+
+
+# Fixed metadata so identical figures give identical PNG bytes.
+_PNG_METADATA = {"Software": None}
+
+
+def save_figure(figure: Figure, path: Path | str, dpi: int = 100) -> None:
+    """A matplotlib figure as a PNG, written atomically."""
+    with atomic_file(path) as scratch:
+        figure.savefig(scratch, format="png", dpi=dpi, metadata=_PNG_METADATA)
 
 
 def read_json(path: Path | str) -> Any:

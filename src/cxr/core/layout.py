@@ -28,7 +28,7 @@ CHECKPOINT = Path("models/checkpoint/last.pt")
 METRICS = Path("metrics")
 TRAIN_METRICS = METRICS / "train.json"  # the kept epoch's validation scores
 EVAL_METRICS = METRICS / "eval.json"  # headline test metrics (cxr.evaluation.evaluate.headline)
-GRADCAM_METRICS = METRICS / "gradcam.json"  # overall localisation scores
+GRADCAM_METRICS = METRICS / "gradcam.json"  # localisation and faithfulness headline
 
 REPORTS = Path("reports")
 DOWNLOAD_REPORT = REPORTS / "download.json"  # images, masks, rejects per class
@@ -46,11 +46,22 @@ PREDICTIONS = PLOTS / "predictions.csv"
 CLASS_DISTRIBUTION = PLOTS / "class_distribution.csv"
 GRADCAM_DIR = PLOTS / "gradcam"
 # grids/<Class>_{correct,wrong}.png (DVC image plots), overlays/<Class>/{correct,wrong}/*.png
+GRADCAM_METHODS = GRADCAM_DIR / "methods"  # <Class>_{correct,wrong}.png: methods side by side
 # One file per chart (long tables for the templates in .dvc/plots/; cxr.evaluation.dvc_plots).
 ROC = PLOTS / "roc.csv"  # class, curve, point, fpr, tpr
 PR = PLOTS / "precision_recall.csv"  # class, curve, point, recall, precision
 RELIABILITY = PLOTS / "reliability.csv"  # probabilities, bin_low, bin_high, confidence, ...
 PER_CLASS = PLOTS / "per_class.csv"  # long table for the per-class bar chart
+
+# Stage `embed` (cxr.evaluation.embeddings): the t-SNE map of penultimate-layer embeddings.
+EMBEDDINGS = PLOTS / "embeddings.csv"  # split, image, class, predicted, outcome, x, y
+EMBEDDINGS_REPORT = REPORTS / "embeddings.json"
+# Stage `defer` (cxr.evaluation.deferral): selective prediction, referring low-confidence images.
+RISK_COVERAGE = PLOTS / "risk_coverage.csv"  # curve, point, coverage, risk, threshold
+DEFERRAL_METRICS = METRICS / "deferral.json"
+DEFERRAL_REPORT = REPORTS / "deferral.json"
+# The threshold cxr-predict applies: beside the model it belongs to (its sha256 inside).
+DEFERRAL_RULE = Path("models/deferral.json")
 
 
 # Where DVC runs queued and `--temp` experiments: a temporary git clone at

@@ -1,5 +1,5 @@
 """One registry per kind of name that params.yaml uses: models, optimizers, schedulers, augment
-operations, explanation methods, ...
+operations, explanation, saliency and preprocessing methods, ...
 
 The phase that owns a kind fills its registry (`register`, as timm's `register_model` does), and
 everything that needs the names reads them there: params validation (the `params` stage hands

@@ -1,1 +1,2 @@
-"""The evaluation phase: test-split metrics, calibration, figures and DVC plot data."""
+"""The evaluation phase: test-split metrics, calibration, figures and DVC plot data, the
+embedding map, selective prediction (deferral) and the comparison of experiments."""

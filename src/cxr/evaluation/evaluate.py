@@ -67,7 +67,7 @@ def split_logits(
     model: nn.Module, card: ModelCard, folder: Path, batch_size: int, device: torch.device
 ) -> tuple[PixelSet, np.ndarray]:
     """A split's pixels and the model's float64 logits for it."""
-    data = load_split(folder, card.image_size, card.classes)
+    data = load_split(folder, card.image_size, card.classes, card.prep)
     logits = predict_logits(model, card.arch, data.pixels, batch_size, device).numpy()
     return data, logits.astype(np.float64)
 

@@ -123,7 +123,9 @@ def paired_bootstrap_difference(
     seed: int,
 ) -> dict[str, float | int | None]:
     """metric(a) - metric(b) on the test images, with a paired percentile bootstrap interval:
-    both are scored on the same resampled images, so what the two share cancels out."""
+    both are scored on the same resampled images, so what the two share cancels out.
+    Resamples where the metric is undefined (a macro AUC on a resample missing a class) are
+    dropped; `resamples` in the result counts those kept."""
     difference = metric(y_true, scores_a) - metric(y_true, scores_b)
     result: dict[str, float | int | None] = {"difference": _r(difference)}
     if resamples == 0:
@@ -133,9 +135,12 @@ def paired_bootstrap_difference(
     values = np.array(
         [metric(y_true[i], scores_a[i]) - metric(y_true[i], scores_b[i]) for i in draws]
     )
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return {**result, "low": None, "high": None, "resamples": 0}
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(values, [tail, 1.0 - tail])
-    return {**result, "low": _r(low), "high": _r(high), "resamples": resamples}
+    return {**result, "low": _r(low), "high": _r(high), "resamples": int(values.size)}
 
 
 def _averages(

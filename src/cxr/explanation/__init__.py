@@ -1,1 +1,1 @@
-"""The explanation phase: Grad-CAM."""
+"""The explanation phase: Grad-CAM, LIME, and how faithful each explanation is to the model."""

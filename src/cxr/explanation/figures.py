@@ -1,4 +1,5 @@
-"""Grad-CAM figures: an image beside its heat-map overlay, grids of them, written as PNG."""
+"""Grad-CAM (and LIME) figures: an image beside its heat-map overlay, grids of them, written as
+PNG."""
 
 from __future__ import annotations
 
@@ -7,16 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from cxr.core.fsio import atomic_dir, atomic_file
-
-# Fixed metadata so identical figures give identical PNG bytes.
-_PNG_METADATA = {"Software": None}
-
-
-def save_figure(figure: Figure, path: Path, dpi: int = 100) -> None:
-    with atomic_file(path) as scratch:
-        figure.savefig(scratch, format="png", dpi=dpi, metadata=_PNG_METADATA)
-
+from cxr.core.fsio import atomic_dir, save_figure
 
 # Grad-CAM display: a perceptually uniform colour map whose opacity follows the map, so
 # low-evidence regions show the X-ray itself instead of a tint (jet at a fixed alpha tinted
@@ -74,14 +66,16 @@ def _draw_cam(
     axis.axis("off")
 
 
-def _draw_pair(figure, image, cam, alpha, mask, caption: str) -> None:
+def _draw_pair(
+    figure, image, cam, alpha, mask, caption: str, overlay: str = "Grad-CAM overlay"
+) -> None:
     """Original and overlay side by side in `figure` (a (sub)figure), captioned over both."""
-    plain, overlay = figure.subplots(1, 2)
+    plain, axis = figure.subplots(1, 2)
     plain.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="bilinear")
     plain.axis("off")
     plain.set_title("original", fontsize=8)
-    _draw_cam(overlay, image, cam, alpha, mask)
-    overlay.set_title("Grad-CAM overlay", fontsize=8)
+    _draw_cam(axis, image, cam, alpha, mask)
+    axis.set_title(overlay, fontsize=8)
     figure.suptitle(caption, fontsize=9)
 
 
@@ -110,12 +104,12 @@ def cam_figure(
     scale_label: str,
     alpha: float = 0.6,
     mask: np.ndarray | None = None,
+    overlay: str = "Grad-CAM overlay",
 ) -> Figure:
-    """One image: the original beside its Grad-CAM overlay, a colour bar saying what the
-    map's scale means, and the mask outline's legend when there is a mask."""
-    return cam_grid(
-        [{"image": image, "cam": cam, "mask": mask, "caption": title}], scale_label, alpha
-    )
+    """One image: the original beside its Grad-CAM (or `overlay`) overlay, a colour bar
+    saying what the map's scale means, and the mask outline's legend when there is a mask."""
+    panel = {"image": image, "cam": cam, "mask": mask, "caption": title, "overlay": overlay}
+    return cam_grid([panel], scale_label, alpha)
 
 
 def cam_grid(
@@ -132,7 +126,15 @@ def cam_grid(
     body, side = figure.subfigures(1, 2, width_ratios=(4.6 * cols, 1.1))
     slots = body.subfigures(rows, cols, squeeze=False)
     for slot, panel in zip(slots.flat, panels, strict=False):
-        _draw_pair(slot, panel["image"], panel["cam"], alpha, panel.get("mask"), panel["caption"])
+        _draw_pair(
+            slot,
+            panel["image"],
+            panel["cam"],
+            alpha,
+            panel.get("mask"),
+            panel["caption"],
+            panel.get("overlay", "Grad-CAM overlay"),
+        )
     _colorbar(side, scale_label)
     if any(panel.get("mask") is not None for panel in panels):
         _mask_legend(figure)

@@ -28,7 +28,7 @@ from cxr.tracking.logger import PipelineRun
 # Report keys that are counts or settings rather than measurements: never logged as metrics.
 COUNT_KEYS = frozenset(
     {"support", "resamples", "test_images", "images", "images_with_masks", "bins"}
-    | {"confidence_level"}
+    | {"confidence_level", "steps", "accepted", "referred", "accepted_correct"}
 )
 # Report sections logged as a table instead of a metric per cell.
 TABLE_KEYS = frozenset({"per_class"})
@@ -40,6 +40,7 @@ DATA_FOLDER, TRAINING_FOLDER, EVALUATION_FOLDER, GRADCAM_FOLDER = (
     "evaluation",
     "gradcam",
 )
+EMBEDDINGS_FOLDER, DEFERRAL_FOLDER = "embeddings", "deferral"
 
 
 def epoch_metric_name(key: str) -> str:
@@ -177,6 +178,7 @@ def _source(folder: Path) -> Any:
 STAGE_REPORTS = {
     "evaluate": (layout.EVAL_REPORT, "test"),
     "gradcam": (layout.GRADCAM_REPORT, "test/gradcam"),
+    "defer": (layout.DEFERRAL_REPORT, "deferral"),
 }
 STAGE_ARTIFACTS = {
     "download": (
@@ -194,6 +196,8 @@ STAGE_ARTIFACTS = {
         (layout.EVAL_REPORT, layout.PREDICTIONS, layout.ROC, layout.PR, layout.RELIABILITY),
     ),
     "gradcam": (GRADCAM_FOLDER, (layout.GRADCAM_REPORT,)),
+    "embed": (EMBEDDINGS_FOLDER, (layout.EMBEDDINGS, layout.EMBEDDINGS_REPORT)),
+    "defer": (DEFERRAL_FOLDER, (layout.DEFERRAL_REPORT, layout.RISK_COVERAGE)),
 }
 
 

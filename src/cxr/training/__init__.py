@@ -1,1 +1,2 @@
-"""The training phase: models, pixel stores, the training loop."""
+"""The training phase: models, pixel stores (with their intensity preprocessing), the training
+loop."""

@@ -2,12 +2,13 @@
 
 The store lives under `<project root>/.cxr_cache/pixels` (git- and DVC-ignored; override with
 `CXR_CACHE_DIR`), one `<key>.u8` array of shape (N, 1, S, S) plus `<key>.json` describing it.
-The key hashes the image size and, for every file in order, its path relative to the split
-root, its label and the sha256 of its bytes — so changed data or a new size gets a new entry
-and an unchanged split is never decoded twice. Entries are written under a scratch name unique
-to the writer and renamed into place (`cxr.core.fsio.atomic_file`), so a killed build leaves nothing
-that looks complete, and two processes building the same entry at once (parallel queued
-experiments share the store) both succeed: each renames its own identical copy into place.
+The key hashes the image size, the preprocessing (if any) and, for every file in order, its
+path relative to the split root, its label and the sha256 of its bytes — so changed data, a new
+size or other preprocessing gets a new entry and an unchanged split is never decoded twice.
+Entries are written under a scratch name unique to the writer and renamed into place
+(`cxr.core.fsio.atomic_file`), so a killed build leaves nothing that looks complete, and two
+processes building the same entry at once (parallel queued experiments share the store) both
+succeed: each renames its own identical copy into place.
 """
 
 from __future__ import annotations
@@ -30,9 +31,18 @@ def cache_dir() -> Path:
     return Path(override) if override else project_root() / ".cxr_cache" / "pixels"
 
 
-def store_key(root: Path, files: tuple[Path, ...], labels: tuple[int, ...], size: int) -> str:
-    """Content hash of a split at one image size."""
-    digest = hashlib.sha256(f"cxr-pixels-v{FORMAT}:{size}".encode())
+def store_key(
+    root: Path,
+    files: tuple[Path, ...],
+    labels: tuple[int, ...],
+    size: int,
+    preprocessing: str = "none",
+) -> str:
+    """Content hash of a split at one image size and preprocessing (Preprocessing.key)."""
+    prefix = f"cxr-pixels-v{FORMAT}:{size}"
+    if preprocessing != "none":  # entries without preprocessing keep their keys
+        prefix += f":{preprocessing}"
+    digest = hashlib.sha256(prefix.encode())
     for path, label in zip(files, labels, strict=True):
         relative = path.relative_to(root).as_posix()
         digest.update(f"\0{relative}\0{label}\0{sha256_file(path)}".encode())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from torch import nn
 from cxr.core.errors import DataError
 from cxr.core.fsio import atomic_file
 from cxr.training.models import MODELS, build_model
+from cxr.training.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,13 @@ class ModelCard:
     weights: str  # the pretrained weights it started from, or `none`
     epoch: int  # the epoch whose weights were kept
     weights_sha256: str = ""  # sha256 of the pretrained weights file ("" from scratch)
+    # cxr.training.preprocessing settings the model was trained with; {} (older checkpoints): none
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prep(self) -> Preprocessing:
+        """The model's preprocessing."""
+        return Preprocessing.from_card(self.preprocessing)
 
     @property
     def mean(self) -> tuple[float, float, float]:

@@ -3,8 +3,9 @@
 Each image is decoded and resized once (in worker processes) into one `uint8` array of shape
 (N, 1, S, S): in RAM for evaluation (`load_split`), or, for training, in the memory-mapped
 store of `cxr.training.cache` (`cached_split`), which later runs on the same data and size
-reuse. Preprocessing (`preprocess`) is the single definition used by training, evaluation,
-Grad-CAM and `predict`.
+reuse. Preprocessing (`preprocess`: the resize, then the model's intensity preprocessing,
+cxr.training.preprocessing) is the single definition used by training, evaluation, Grad-CAM,
+LIME, embeddings and `predict`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cxr.core.fsio import sorted_dirs, sorted_files
 from cxr.core.parallel import ordered_map
 from cxr.data.images import read_gray8
 from cxr.training import cache
+from cxr.training.preprocessing import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -52,22 +54,28 @@ def index_folder(root: Path, classes: tuple[str, ...] | None = None) -> FolderIn
     return FolderIndex(classes, tuple(files), tuple(labels))
 
 
-def preprocess(image: Image.Image, size: int) -> np.ndarray:
-    """8-bit grayscale image → (size, size) uint8 array: the one resize used everywhere."""
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+def preprocess(image: Image.Image, size: int, prep: Preprocessing | None = None) -> np.ndarray:
+    """8-bit grayscale image → (size, size) uint8 array: the one resize used everywhere, then
+    the model's intensity preprocessing (`prep`; None: none)."""
+    resized = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return resized if prep is None else prep.apply(resized)
 
 
-def _decode(task: tuple[Path, int]) -> np.ndarray:
-    path, size = task
-    return preprocess(read_gray8(path), size)
+def _decode(task: tuple[Path, int, Preprocessing | None]) -> np.ndarray:
+    path, size, prep = task
+    return preprocess(read_gray8(path), size, prep)
 
 
 def load_pixels(
-    files: tuple[Path, ...], size: int, workers: int | None = None, desc: str = ""
+    files: tuple[Path, ...],
+    size: int,
+    workers: int | None = None,
+    desc: str = "",
+    prep: Preprocessing | None = None,
 ) -> torch.Tensor:
-    """Decode and resize every file once: a (N, 1, size, size) uint8 tensor (progress shown
-    under `desc`, if given)."""
-    arrays = ordered_map(_decode, [(path, size) for path in files], workers, desc=desc)
+    """Decode, resize and preprocess every file once: a (N, 1, size, size) uint8 tensor
+    (progress shown under `desc`, if given)."""
+    arrays = ordered_map(_decode, [(path, size, prep) for path in files], workers, desc=desc)
     return torch.from_numpy(np.stack(arrays)[:, None])
 
 
@@ -85,13 +93,18 @@ class PixelSet:
         return len(self.files)
 
 
-def load_split(root: Path, size: int, classes: tuple[str, ...] | None = None) -> PixelSet:
+def load_split(
+    root: Path,
+    size: int,
+    classes: tuple[str, ...] | None = None,
+    prep: Preprocessing | None = None,
+) -> PixelSet:
     """Decode a split into RAM (evaluation, Grad-CAM: read once, no cache needed)."""
     index = index_folder(root, classes)
     return PixelSet(
         index.classes,
         index.files,
-        load_pixels(index.files, size),
+        load_pixels(index.files, size, prep=prep),
         torch.tensor(index.labels, dtype=torch.int64),
     )
 
@@ -101,6 +114,7 @@ def cached_split(
     size: int,
     classes: tuple[str, ...] | None = None,
     build: bool = True,
+    prep: Preprocessing | None = None,
 ) -> PixelSet:
     """A split from the memory-mapped pixel store (see cxr.training.cache), decoding it on a miss.
 
@@ -108,12 +122,12 @@ def cached_split(
     build the store instead of decoding the same images again.
     """
     index = index_folder(root, classes)
-    key = cache.store_key(root, index.files, index.labels, size)
+    key = cache.store_key(root, index.files, index.labels, size, prep.key() if prep else "none")
     stored = cache.open_store(key)
     if stored is None:
         if not build:
             raise DataError(f"{root}: pixel store {key} missing in {cache.cache_dir()}")
-        pixels = load_pixels(index.files, size, desc=f"decoding {root} at {size} px")
+        pixels = load_pixels(index.files, size, desc=f"decoding {root} at {size} px", prep=prep)
         stored = cache.write_store(key, pixels.numpy())
     return PixelSet(
         index.classes,

@@ -1,0 +1,142 @@
+"""Model comparison (cxr.evaluation.compare): McNemar and Holm against statsmodels, metrics against
+scikit-learn, and `cxr-compare` on experiments committed in a real git repository."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+
+from cxr.evaluation.compare import (
+    Predictions,
+    holm,
+    main,
+    mcnemar_exact,
+    model_table,
+    pair_table,
+)
+from cxr.evaluation.metrics import macro_auc, paired_bootstrap_difference, predictions_frame
+from tests.helpers.project import git_commit, run
+
+CLASSES = ("COVID", "Normal", "Pneumonia")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_exact_mcnemar_equals_statsmodels(seed: int):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 200))
+    a, b = rng.random(n) < rng.uniform(0.5, 0.95), rng.random(n) < rng.uniform(0.5, 0.95)
+    ours = mcnemar_exact(a, b)
+    table = [[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]]
+    assert ours["p_value"] == pytest.approx(mcnemar(table, exact=True).pvalue, rel=1e-9)
+    assert (ours["only_a_correct"], ours["only_b_correct"]) == (table[0][1], table[1][0])
+
+
+def test_mcnemar_without_discordant_images_is_p_one():
+    same = np.array([True, False, True])
+    assert mcnemar_exact(same, same)["p_value"] == 1.0
+
+
+def test_holm_equals_statsmodels():
+    p = [0.01, 0.04, 0.03, 0.2, 0.001, 0.04]
+    assert holm(p) == pytest.approx(multipletests(p, method="holm")[1].tolist())
+
+
+def fake_runs(n: int = 90):
+    """Three 'models' of known quality on one labelled test split."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, n)
+    runs = []
+    for name, skill in (("good", 3.0), ("fair", 1.0), ("poor", 0.0)):
+        logits = rng.normal(size=(n, 3)) + skill * np.eye(3)[y]
+        p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        images = tuple(f"img{i:03d}.png" for i in range(n))
+        runs.append(Predictions(name, images, y, p, CLASSES, {"train.model": name}))
+    return runs
+
+
+def test_tables_match_scikit_learn_and_find_the_real_difference():
+    runs = fake_runs()
+    models = model_table(runs, 200, 0.95, 0).set_index("model")
+    for r in runs:
+        row = models.loc[r.name]
+        assert row["balanced_accuracy"] == pytest.approx(
+            balanced_accuracy_score(r.y_true, r.probabilities.argmax(1)), abs=1e-6
+        )
+        auc = roc_auc_score(r.y_true, r.probabilities, multi_class="ovr", average="macro")
+        assert row["macro_auc"] == pytest.approx(auc, abs=1e-6)
+        assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
+    pairs = pair_table(runs, 200, 0.95, 0, 0.05).set_index(["a", "b"])
+    good_poor = pairs.loc[("good", "poor")]
+    expected = balanced_accuracy_score(runs[0].y_true, runs[0].probabilities.argmax(1))
+    expected -= balanced_accuracy_score(runs[2].y_true, runs[2].probabilities.argmax(1))
+    assert good_poor["balanced_accuracy_difference"] == pytest.approx(expected, abs=1e-6)
+    assert good_poor["balanced_accuracy_low"] > 0 and good_poor["p_holm"] < 0.05
+    assert "good better" in good_poor["verdict"]
+    assert good_poor["p_holm"] == pytest.approx(
+        multipletests(pairs["p_value"].tolist(), method="holm")[1][
+            list(pairs.index).index(("good", "poor"))
+        ],
+        abs=1e-6,
+    )
+
+
+def commit_predictions(project: Path, run_, message: str) -> str:
+    frame = predictions_frame(list(run_.images), run_.y_true, run_.probabilities, CLASSES)
+    (project / "plots").mkdir(exist_ok=True)
+    frame.to_csv(project / "plots/predictions.csv", index=False)
+    (project / "params.yaml").write_text(f"train:\n  model: {run_.name}\nlr: 0.001\n")
+    return git_commit(project, message)
+
+
+def test_command_compares_experiments_and_revisions_in_git(tmp_path: Path, monkeypatch, capsys):
+    project = tmp_path / "project"
+    project.mkdir()
+    run(["git", "init", "-q", "-b", "main"], project)
+    good, fair, poor = fake_runs()
+    base = commit_predictions(project, good, "baseline")
+    exp = commit_predictions(project, fair, "fair")
+    # a DVC experiment is a ref under refs/exps/<2 hex>/<baseline sha rest>/<name>
+    run(["git", "update-ref", f"refs/exps/{base[:2]}/{base[2:]}/arch-fair", exp], project)
+    run(["git", "reset", "-q", "--hard", base], project)
+    commit_predictions(project, poor, "poor")
+    (project / "poor.csv").write_bytes((project / "plots/predictions.csv").read_bytes())
+    monkeypatch.chdir(project)
+    out = tmp_path / "out"
+    assert main(["arch-fair", base, "poor=poor.csv", "--out", str(out), "--resamples", "100"]) == 0
+    result = json.loads((out / "comparison.json").read_text())
+    assert [m["model"] for m in result["models"]] == ["arch-fair", base, "poor"]
+    assert result["params"]["arch-fair"] == {"train.model": "fair"}
+    assert len(pd.read_csv(out / "pairs.csv")) == 3 and (out / "comparison.png").stat().st_size
+    assert "McNemar" not in capsys.readouterr().err
+
+
+def test_different_test_splits_are_refused(tmp_path: Path, monkeypatch, capsys):
+    good, _, _ = fake_runs()
+    a = predictions_frame(list(good.images), good.y_true, good.probabilities, CLASSES)
+    a.to_csv(tmp_path / "a.csv", index=False)
+    a.iloc[:-1].to_csv(tmp_path / "b.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    run(["git", "init", "-q"], tmp_path)
+    assert main(["a=a.csv", "b=b.csv", "--out", str(tmp_path / "out")]) == 2
+    assert "b and a were not tested on the same images (89 vs 90" in capsys.readouterr().err
+
+
+def test_paired_difference_drops_resamples_without_a_class():
+    good, fair, _ = fake_runs(40)
+    y = good.y_true.copy()
+    y[y == 2] = 0
+    y[:1] = 2  # one image of class 2: many resamples miss it and have no macro AUC
+    diff = paired_bootstrap_difference(
+        y, good.probabilities, fair.probabilities, macro_auc, 200, 0.9, 0
+    )
+    assert diff["low"] is not None and diff["low"] <= diff["high"]
+    assert 0 < diff["resamples"] < 200
+    expected = macro_auc(y, good.probabilities) - macro_auc(y, fair.probabilities)
+    assert diff["difference"] == pytest.approx(expected, abs=1e-6)
