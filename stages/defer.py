@@ -8,6 +8,12 @@ risk-coverage curves plots/risk_coverage.csv, and models/deferral.json, the rule
 applies to the same model.
 """
 
+from cxr.training.kernels import pin_kernels
+
+# Reproducible mode re-executes the stage with pinned CPU kernels: now, before the
+# imports below load torch, rather than after them.
+pin_kernels()
+
 import pandas as pd
 import torch
 

@@ -5,6 +5,12 @@ Writes plots/embeddings.csv (a DVC plot: split, image, class, predicted, outcome
 reports/embeddings.json; the figure and the table go to the MLflow run under embeddings/.
 """
 
+from cxr.training.kernels import pin_kernels
+
+# Reproducible mode re-executes the stage with pinned CPU kernels: now, before the
+# imports below load torch, rather than after them.
+pin_kernels()
+
 import numpy as np
 
 from cxr.core import layout

@@ -8,6 +8,12 @@ class), plots/reliability.csv and plots/per_class.csv. The same plots go to the 
 figures under evaluation/ (the files and metrics are recorded when the stage ends).
 """
 
+from cxr.training.kernels import pin_kernels
+
+# Reproducible mode re-executes the stage with pinned CPU kernels: now, before the
+# imports below load torch, rather than after them.
+pin_kernels()
+
 from cxr.core import layout
 from cxr.core.config import load_params
 from cxr.core.errors import run_stage

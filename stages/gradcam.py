@@ -12,6 +12,12 @@ would score). LIME, Grad-CAM and Grad-CAM++ are then drawn side by side
 overall localisation and faithfulness scores.
 """
 
+from cxr.training.kernels import pin_kernels
+
+# Reproducible mode re-executes the stage with pinned CPU kernels: now, before the
+# imports below load torch, rather than after them.
+pin_kernels()
+
 from cxr.core import layout
 from cxr.core.config import load_params
 from cxr.core.errors import run_stage

@@ -11,6 +11,12 @@ Under `torchrun --nproc_per_node N stages/train.py` every rank trains its shard 
 rank 0 writes files and opens MLflow.
 """
 
+from cxr.training.kernels import pin_kernels
+
+# Reproducible mode re-executes the stage with pinned CPU kernels: now, before the
+# imports below load torch, rather than after them.
+pin_kernels()
+
 from functools import partial
 from pathlib import Path
 

@@ -3,11 +3,11 @@
 On a CPU the bytes a run produces depend on which kernels compute it: PyTorch's own vectorised
 code (per instruction set: plain, AVX2, AVX-512), oneDNN's convolutions (likewise), MKL's
 matrix products (per code path) and how many threads split each reduction. `train.reproducible`
-pins all of them (`pinned_environment`) so that any x86-64 CPU with AVX2 computes exactly the
-same numbers; the libraries read these settings from the environment when they first run a
-kernel, so `enter_reproducible_mode` re-executes the stage with them in place (once, at its
-start) when they are not. On a GPU the mode asks for deterministic algorithms instead of
-cuDNN's fastest.
+pins all of them (`kernels.pinned_environment`) so that any x86-64 CPU with AVX2 computes
+exactly the same numbers; the libraries read these settings from the environment when they
+first run a kernel, so `kernels.pin_kernels` re-executes the stage with them in place (once,
+before its imports) when they are not. On a GPU the mode asks for deterministic algorithms
+instead of cuDNN's fastest.
 
 `environment_fingerprint` records what decides a run's numbers (library versions, kernels,
 threads, deterministic flags, the GPU) and the machine it ran on; its short hash goes into the
@@ -30,41 +30,17 @@ import torch
 
 from cxr.core.config import TrainConfig
 from cxr.core.errors import ConfigError
+from cxr.training import kernels
 
-# What reproducible mode pins, read by each library when it first runs a kernel.
-KERNEL_PINS = {
-    # PyTorch's vectorised kernels: the AVX2 versions, which every x86-64 CPU since 2013
-    # (Intel Haswell, AMD Zen) runs; AVX-512 ones would round differently.
-    "ATEN_CPU_CAPABILITY": "avx2",
-    # oneDNN (convolutions): at most AVX2 instructions, for the same reason.
-    "ONEDNN_MAX_CPU_ISA": "AVX2",
-    # MKL (matrix products): its conditional-numerical-reproducibility path that every x86 CPU
-    # runs (its AVX2 path is honoured on Intel CPUs only).
-    "MKL_CBWR": "COMPATIBLE",
-    # cuBLAS: a fixed workspace, which deterministic GEMMs on CUDA need.
-    "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
-}
 # The ATen capability the pin selects, as torch.backends.cpu reports it.
 PINNED_CAPABILITY = "AVX2"
 VERSIONED = ("torch", "torchvision", "timm", "numpy")
 
 
-def pinned_environment(threads: int) -> dict[str, str]:
-    """The environment variables reproducible mode sets: kernel pins and thread counts."""
-    return {**KERNEL_PINS, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-
-
 def enter_reproducible_mode(cfg: TrainConfig) -> None:
-    """In reproducible mode, return only in a process whose environment holds the pins: the
-    first call re-executes this process (same interpreter, arguments and pid) with them."""
-    if not cfg.reproducible:
-        return
-    wanted = pinned_environment(cfg.threads)
-    if all(os.environ.get(name) == value for name, value in wanted.items()):
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **wanted})
+    """`kernels.enter_reproducible_mode` for a validated train config: a no-op when the stage
+    already pinned its kernels before its imports (`kernels.pin_kernels`)."""
+    kernels.enter_reproducible_mode(cfg.reproducible, cfg.threads)
 
 
 def select_device(requested: str) -> torch.device:

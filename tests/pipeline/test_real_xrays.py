@@ -1,0 +1,109 @@
+"""End to end on real X-rays (cxr3): the offline-pretrained default recipe against the same
+recipe from scratch, through the real DVC pipeline in a temporary git+DVC copy of the project;
+the deferral rule recomputed from the saved predictions; the two experiments compared with
+cxr-compare."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.project import (
+    AFTER_TRAIN,
+    copy_project,
+    git_commit,
+    run,
+    set_params,
+    stages_run,
+)
+
+pytestmark = pytest.mark.e2e
+
+# On real X-rays: the offline-pretrained default recipe against the same recipe from scratch,
+# small images and two epochs (fixed seeds), each evaluated by the pipeline on the held-out,
+# patient-grouped test split of cxr3.
+REAL = {
+    "data.synthetic.n_images": 160,
+    "split.ratio": [0.6, 0.2, 0.2],
+    "data.synthetic.image_size": 64,
+    "evaluate.bootstrap_resamples": 200,
+    "gradcam.images_per_class": 2,
+    "gradcam.faithfulness.images": 6,
+    "gradcam.lime.num_samples": 60,
+    "augment.target": "none",
+    "train.image_size": 96,
+    "train.epochs": 2,
+    "lr": 0.001,
+    "deferral.target_risk": 0.1,
+}
+
+
+def check_deferral_from_predictions(project: Path) -> dict:
+    """Recompute the defer stage's test numbers from plots/predictions.csv, the val-fitted
+    temperature and the threshold in models/deferral.json; return the report."""
+    import pandas as pd
+
+    from cxr.evaluation.calibration import scale_probabilities
+    from cxr.evaluation.metrics import read_predictions
+
+    report = json.loads((project / "reports/deferral.json").read_text())
+    rule = json.loads((project / "models/deferral.json").read_text())
+    y, probabilities, _ = read_predictions(pd.read_csv(project / "plots/predictions.csv"))
+    confidence = scale_probabilities(probabilities, rule["temperature"]).max(1)
+    assert rule["threshold"] is not None, report
+    kept = confidence >= rule["threshold"]
+    wrong = probabilities.argmax(1) != y
+    assert report["test"]["accepted"] == kept.sum() > 0
+    assert report["test"]["selective_risk"] == pytest.approx(wrong[kept].mean(), abs=1e-6)
+    assert report["test"]["overall_risk"] == pytest.approx(wrong.mean(), abs=1e-6)
+    return report
+
+
+def test_pipeline_on_real_xrays_pretrained_beats_scratch_and_majority(
+    real_data: Path, tmp_path: Path
+) -> None:
+    project = copy_project(tmp_path / "project")
+    set_params(project, {**REAL, "data.source": str(real_data)})
+    run(["dvc", "repro"], project)
+    download = json.loads((project / "reports/download.json").read_text())
+    classes = sorted(p.name for p in real_data.iterdir() if (p / "images").is_dir())
+    assert sorted(download["classes"]) == classes
+    assert sum(download["masks"].values()) > 0  # the lung masks came along, as masks
+    assert json.loads((project / "reports/data.json").read_text())["groups"]["by"] == "patient"
+    pretrained = json.loads((project / "reports/eval.json").read_text())
+    cams = {"pretrained": json.loads((project / "reports/gradcam.json").read_text())["overall"]}
+    assert sorted(pretrained["per_class"]) == classes
+    # Deferral: the images the model keeps are answered better than all of them.
+    deferral = check_deferral_from_predictions(project)
+    assert deferral["test"]["selective_risk"] < deferral["test"]["overall_risk"]
+    git_commit(project, "pretrained run")
+    done = run(["dvc", "exp", "run", "-n", "scratch", "-S", "train.weights=none"], project)
+    assert stages_run(done.stdout) == ["params", *AFTER_TRAIN]
+    # The two experiments compared from their saved predictions on the same test split.
+    out = project / "comparison"
+    run(["cxr-compare", "HEAD", "scratch", "--resamples", "200", "--out", str(out)], project)
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["params"]["scratch"] == {"train.weights": "none"}
+    assert comparison["test_images"] == sum(pretrained["per_class"][c]["support"] for c in classes)
+    (pair,) = comparison["pairs"]
+    assert 0 <= pair["p_value"] <= pair["p_holm"] <= 1
+    scratch = json.loads((project / "reports/eval.json").read_text())
+    cams["scratch"] = json.loads((project / "reports/gradcam.json").read_text())["overall"]
+    for name, cam in cams.items():  # README, Grad-CAM on cxr3: read from CI's output
+        print(
+            f"cxr3 Grad-CAM {name}: lung energy/area {cam['energy_over_area']:.2f}, "
+            f"pointing hit rate {cam['pointing_hit_rate']:.2f} over {cam['images']} images"
+        )
+    majority = pretrained["baselines"]["majority"]["balanced_accuracy"]
+    print(
+        "cxr3 balanced accuracy: pretrained",
+        pretrained["balanced_accuracy"],
+        "scratch",
+        scratch["balanced_accuracy"],
+        "majority",
+        majority,
+    )
+    assert pretrained["balanced_accuracy"] > scratch["balanced_accuracy"]
+    assert pretrained["balanced_accuracy"] > majority
