@@ -12,11 +12,16 @@ import pytest
 
 from tests.helpers.project import (
     EVAL_CLASSES,
+    TINY_PARAMS,
     copy_project,
+    git_commit,
+    lock_outs,
     make_split_folders,
+    metrics_bytes,
     real_data_dir,
     run,
     set_params,
+    tree_hashes,
 )
 
 
@@ -91,6 +96,29 @@ def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # through the cache).
     run(["dvc", "commit", "--force", "evaluate", "gradcam", "embed", "defer"], project_copy)
     return project_copy
+
+
+# The one pipeline run the end-to-end tests share: `dvc repro` with TINY_PARAMS in a temporary
+# git+DVC copy of the project, its results committed as the baseline. Tests that change the
+# workspace restore it first (`restore`) or only add experiments on top, so the full run is
+# paid once per session.
+@pytest.fixture(scope="session")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny pipeline, reproduced once and committed: its project folder, what `dvc repro`
+    printed, and the bytes of its metrics and augmented images."""
+    project = copy_project(tmp_path_factory.mktemp("e2e") / "project")
+    set_params(project, TINY_PARAMS)
+    git_commit(project, "tiny params")
+    first = run(["dvc", "repro"], project)
+    git_commit(project, "pipeline results")
+    return {
+        "project": project,
+        "output": first.stdout,
+        "errors": first.stderr,
+        "metrics": metrics_bytes(project),
+        "augmented": tree_hashes(project / "data" / "augmented"),
+        "outs": lock_outs(project),
+    }
 
 
 @pytest.hookimpl(hookwrapper=True)

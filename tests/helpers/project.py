@@ -183,3 +183,10 @@ AFTER_TRAIN = ["train", "evaluate", "gradcam", "embed", "defer"]
 def stages_run(output: str) -> list[str]:
     """The stages a `dvc repro` / `dvc exp run` output says it ran, in order."""
     return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def restore(project: Path) -> Path:
+    """Back to the committed state: params, lock and code from git, outputs from DVC's cache."""
+    run(["git", "checkout", "--", "."], project)
+    run(["dvc", "checkout", "--force"], project)
+    return project

@@ -1,5 +1,5 @@
 """DVC experiments and MLflow at team scale, on the session's tiny pipeline run (a temporary
-git+DVC copy of the project, tests/pipeline/conftest.py): the MLflow server over the project's
+git+DVC copy of the project, `baseline`, tests/conftest.py): the MLflow server over the project's
 store, the push/pull round trip, the queue, `dvc exp run -S lr=…` with `dvc metrics diff`,
 `exp apply`."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.project import AFTER_TRAIN, TINY_PARAMS, git_commit, run, stages_run
+from tests.helpers.project import AFTER_TRAIN, TINY_PARAMS, git_commit, restore, run, stages_run
 from tests.helpers.servers import as_dict, mlflow_server, search_runs, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -26,12 +26,9 @@ QUEUED_LRS = {"lr-2e-3": 0.002, "lr-1e-2": 0.01}
 
 @pytest.fixture(scope="module")
 def project(baseline: dict) -> Path:
-    """The session's tiny pipeline run (tests/pipeline/conftest.py), at its committed state;
+    """The session's tiny pipeline run (`baseline`, tests/conftest.py), at its committed state;
     the tests here add experiments, a remote and runs on top of it."""
-    root = baseline["project"]
-    run(["git", "checkout", "--", "."], root)
-    run(["dvc", "checkout", "--force"], root)
-    return root
+    return restore(baseline["project"])
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """End to end: the real DVC pipeline in a temporary git+DVC copy of the project.
 
-The session's one tiny run (tests/pipeline/conftest.py) is shared; each test starts from that
+The session's one tiny run (`baseline`, tests/conftest.py) is shared; each test starts from that
 committed state (`git checkout` + `dvc checkout`), so the tests don't depend on their order.
 """
 
@@ -21,6 +21,7 @@ from tests.helpers.project import (
     assert_linked,
     lock_outs,
     metrics_bytes,
+    restore,
     run,
     stages_run,
     tool_env,
@@ -33,10 +34,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def project(baseline: dict) -> Path:
     """The baseline state, restored: committed params and lock, their outputs checked out."""
-    root = baseline["project"]
-    run(["git", "checkout", "--", "."], root)
-    run(["dvc", "checkout", "--force"], root)
-    return root
+    return restore(baseline["project"])
 
 
 def test_repro_runs_all_stages_and_writes_their_outputs(baseline: dict, project: Path) -> None:

