@@ -9,17 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.project import TINY_PARAMS, copy_project, git_commit, set_params, tool_env
+from tests.helpers.project import restore, set_params, tool_env
 from tests.helpers.servers import mlflow_server, stop, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
-def test_server_killed_during_training(tmp_path: Path) -> None:
-    project = copy_project(tmp_path / "project")
+def test_server_killed_during_training(baseline: dict, tmp_path: Path) -> None:
+    project = restore(baseline["project"])  # the session's tiny run: only train re-runs
     # Several epochs, so that training goes on well after the first epoch's history appears.
-    set_params(project, {**TINY_PARAMS, "train.epochs": 6, "train.scheduler": "none"})
-    git_commit(project, "tiny params")
+    set_params(project, {"train.epochs": 6, "train.scheduler": "none"})
     history = project / "plots" / "train_history.csv"
     history.unlink()  # the committed one must not count as "training has started"
     store = tmp_path / "server"
