@@ -166,18 +166,8 @@ def lock_outs(project: Path) -> dict[str, str]:
 
 
 # The pipeline's stages in the order `dvc repro` runs them, and those a new model re-runs.
-STAGES = [
-    "params",
-    "download",
-    "split",
-    "augment",
-    "train",
-    "evaluate",
-    "gradcam",
-    "embed",
-    "defer",
-]
 AFTER_TRAIN = ["train", "evaluate", "gradcam", "embed", "defer"]
+STAGES = ["params", "download", "split", "augment", *AFTER_TRAIN]
 
 
 def stages_run(output: str) -> list[str]:

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers.project import AFTER_TRAIN, TINY_PARAMS, git_commit, restore, run, stages_run
+from tests.helpers.project import (
+    AFTER_TRAIN,
+    TINY_PARAMS,
+    git_commit,
+    lock_outs,
+    restore,
+    run,
+    stages_run,
+)
 from tests.helpers.servers import as_dict, mlflow_server, search_runs, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -42,16 +50,6 @@ def server(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield base
 
 
-def dvc_lock_md5(project: Path, path: str) -> str:
-    lock = yaml.safe_load((project / "dvc.lock").read_text())
-    return next(
-        out["md5"]
-        for stage in lock["stages"].values()
-        for out in stage.get("outs", [])
-        if out["path"] == path
-    )
-
-
 def test_server_over_project_store_finds_the_pipeline_run(project: Path, server: str) -> None:
     # The first run in the store (other tests add experiments' runs after it).
     found = min(search_runs(server, EXPERIMENT), key=lambda r: r["info"]["start_time"])
@@ -64,12 +62,11 @@ def test_server_over_project_store_finds_the_pipeline_run(project: Path, server:
     assert params["train.image_size"] == str(TINY_PARAMS["train.image_size"])
     assert metrics["test/accuracy"] == pytest.approx(eval_json["accuracy"])
     assert {"train/loss", "val/loss", "val/accuracy", "train/best_epoch"} <= set(metrics)
-    assert tags["cxr.data.raw_md5"] == dvc_lock_md5(project, "data/raw")
-    assert tags["cxr.data.split_md5"] == dvc_lock_md5(project, "data/split")
+    assert tags["cxr.data.raw_md5"] == lock_outs(project)["data/raw"]
+    assert tags["cxr.data.split_md5"] == lock_outs(project)["data/split"]
     base = run(["git", "rev-list", "-n1", "--grep=tiny params", "HEAD"], project).stdout.strip()
     assert tags["cxr.baseline_rev"] == base
-    stages = ("train", "evaluate", "gradcam", "embed", "defer")
-    assert all(tags[f"cxr.stage.{s}"] == "done" for s in stages)
+    assert all(tags[f"cxr.stage.{s}"] == "done" for s in AFTER_TRAIN)
     deferral = json.loads((project / "reports" / "deferral.json").read_text())
     assert metrics["deferral/test/coverage"] == pytest.approx(deferral["test"]["coverage"])
     assert "test/gradcam/faithfulness/methods/lime/deletion_auc/mean" in metrics
