@@ -204,15 +204,13 @@ def curve_table(
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:
-    """metrics/deferral.json: threshold, and on test coverage, selective accuracy and risk
-    at it, the error without deferral, AURC."""
+    """metrics/deferral.json: threshold, and on test coverage and selective accuracy at it,
+    AURC (the risks, 1 - those accuracies, are in reports/deferral.json)."""
     test = report["test"]
     return {
         "threshold": report["threshold"],
         "coverage": test["coverage"],
         "selective_accuracy": test["selective_accuracy"],
-        "selective_risk": test["selective_risk"],
-        "overall_risk": test["overall_risk"],
         "aurc": test["aurc"],
     }
 

@@ -1,0 +1,57 @@
+"""README's real-data recipe is the one benchmarks/real_recipes.py measures (issue 12: "checks
+can run exactly what README says")."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+from types import ModuleType
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def marked_block(marker: str) -> str:
+    """The first ```bash block after the line `<!-- marker -->`, continuation lines joined."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    after = text.split(f"<!-- {marker} -->\n", 1)[1]
+    block = re.match(r"```bash\n(.*?)```", after, re.S)
+    assert block, f"README: no ```bash block right after <!-- {marker} -->"
+    return block.group(1).replace("\\\n", " ")
+
+
+def set_params(command: str) -> dict[str, object]:
+    """`-S key=value` pairs of a `dvc exp run` command, values parsed as DVC does (YAML)."""
+    words = shlex.split(command)
+    pairs = [words[i + 1] for i, word in enumerate(words) if word in ("-S", "--set-param")]
+    return {key: yaml.safe_load(value) for key, value in (p.split("=", 1) for p in pairs)}
+
+
+def benchmark_recipes() -> ModuleType:
+    path = ROOT / "benchmarks/real_recipes.py"
+    spec = importlib.util.spec_from_file_location("real_recipes", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_recipe_is_the_measured_one() -> None:
+    command = marked_block("recipe:cpu")
+    assert command.split()[:3] == ["dvc", "exp", "run"], command
+    settings = set_params(command)
+    assert settings.pop("data.source") == "<folder>", settings
+    recipes = benchmark_recipes()
+    assert settings == recipes.RECIPES[recipes.README_RECIPE], settings
+
+
+def test_readme_recipe_keys_exist_in_params() -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    for key in set_params(marked_block("recipe:cpu")):
+        node = params
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"README recipe: no {key} in params"
+            node = node[part]
