@@ -1,0 +1,135 @@
+"""Choose among recipes without the test split: patient-grouped k-fold cross-validation over
+cxr3's train and val splits pooled (411 images instead of val's 78), scored by the balanced
+accuracy of the pooled out-of-fold predictions.
+
+Each fold trains a recipe on the other folds and keeps its epoch by the held-out fold (the
+recipe's own `train.select_by`), so scores are somewhat optimistic, alike for every recipe. Folds
+never split a patient or a near-duplicate group (the split stage's own groups). The test split
+is neither read nor scored: `real_recipes.py --only <name>` does that for the winner.
+
+    python benchmarks/select_recipe.py --data ../shared/data/cxr3 --folds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from real_recipes import RECIPE, RECIPES, VARIANTS, prepare, with_overrides
+from sklearn.metrics import balanced_accuracy_score, recall_score
+from sklearn.model_selection import StratifiedGroupKFold
+
+from cxr.core.config import Params, read_params_file
+from cxr.data.split import duplicate_groups, leakage_groups
+from cxr.training.inference import predict_logits
+from cxr.training.loop import fit
+from cxr.training.models import build_model, resolve_weights
+from cxr.training.pixels import PixelSet, cached_split, index_folder
+from cxr.training.preprocessing import Preprocessing
+from cxr.training.runtime import configure
+
+# What can be cross-validated here: recipes that train on the unaugmented train split.
+CANDIDATES = {
+    name: recipe
+    for name, recipe in {**RECIPES, **VARIANTS}.items()
+    if recipe.get("augment.target") == "none"
+}
+
+
+def leakage_units(data: Path, params: Params) -> pd.Series:
+    """Each image's (`<Class>/<name>`) unit: patient and duplicate groups merged, as in split."""
+    manifest = pd.read_csv(data / "manifest.csv", keep_default_na=False, dtype={"phash": str})
+    metadata = pd.read_csv(data / "metadata.csv", keep_default_na=False, dtype=str)
+    duplicates, _ = duplicate_groups(manifest, params.split.near_duplicate_distance)
+    return leakage_groups(manifest, metadata, duplicates, params.split)[0]
+
+
+def pooled(data: Path, params: Params) -> PixelSet:
+    """train + val of the split, decoded at the recipe's size and preprocessing."""
+    prep = Preprocessing.from_config(params.preprocess)
+    classes = index_folder(data / "split" / "train").classes
+    parts = [
+        cached_split(data / "split" / name, params.train.image_size, classes, prep=prep)
+        for name in ("train", "val")
+    ]
+    return PixelSet(
+        classes,
+        parts[0].files + parts[1].files,
+        torch.cat([part.pixels for part in parts]),
+        torch.cat([part.labels for part in parts]),
+    )
+
+
+def subset(pool: PixelSet, index: np.ndarray) -> PixelSet:
+    rows = torch.as_tensor(index)
+    files = tuple(pool.files[i] for i in index)
+    return PixelSet(pool.classes, files, pool.pixels[rows], pool.labels[rows])
+
+
+def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict:
+    """Out-of-fold balanced accuracy and per-class recall of one recipe."""
+    cfg = dataclasses.replace(params.train, threads=threads)
+    device = torch.device("cpu")
+    pool = pooled(data, params)
+    units = leakage_units(data, params)
+    groups = [units[f"{path.parent.name}/{path.name}"] for path in pool.files]
+    truth = pool.labels.numpy()
+    predicted = np.full_like(truth, -1)
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=0)
+    for fold, (fit_rows, held_rows) in enumerate(splitter.split(truth, truth, groups)):
+        fold_cfg = dataclasses.replace(cfg, seed=fold)
+        configure(fold_cfg, device)
+        model = build_model(cfg.model, len(pool.classes), resolve_weights(cfg.model, cfg.weights))
+        held = subset(pool, held_rows)
+        result = fit(model, subset(pool, fit_rows), held, fold_cfg, params.lr, device)
+        model.load_state_dict(result.best_state)
+        logits = predict_logits(model, cfg.model, held.pixels, 64, device)
+        predicted[held_rows] = logits.argmax(1).numpy()
+    assert (predicted >= 0).all()
+    recall = recall_score(truth, predicted, average=None, labels=range(len(pool.classes)))
+    return {
+        "balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
+        "recall": dict(zip(pool.classes, map(float, recall), strict=True)),
+        "images": len(truth),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="a source folder (cxr3)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--only", nargs="*", choices=sorted(CANDIDATES), default=None)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per run")
+    args = parser.parse_args()
+    raw = read_params_file("params.yaml")
+    raw["data"]["source"] = str(args.data.resolve())
+    names = args.only or list(CANDIDATES)
+    scores: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="cxr-select-") as scratch:
+        os.environ.setdefault("CXR_CACHE_DIR", str(Path(scratch) / "pixels"))
+        data = prepare(args.data, Path(scratch), with_overrides(raw, RECIPE))
+        for name in names:
+            start = time.perf_counter()
+            params = with_overrides(raw, CANDIDATES[name])
+            scores[name] = cross_validate(data, params, args.folds, args.threads)
+            recall = ", ".join(f"{c} {r:.2f}" for c, r in scores[name]["recall"].items())
+            print(
+                f"{name:36s} {args.folds}-fold balanced accuracy "
+                f"{scores[name]['balanced_accuracy']:.3f} (recall {recall}), "
+                f"{(time.perf_counter() - start) / 60:.1f} min",
+                flush=True,
+            )
+    print(f"\nranking ({args.folds}-fold, {scores[names[0]]['images']} train+val images):")
+    for name in sorted(scores, key=lambda n: -scores[n]["balanced_accuracy"]):
+        print(f"  {scores[name]['balanced_accuracy']:.3f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
