@@ -98,7 +98,7 @@ def test_exp_show_lists_only_model_metrics(project: Path) -> None:
         for column in table
     ), table
     metric_columns = [column for column in table if column in _leaves(project, files)]
-    assert 0 < len(metric_columns) <= 38, metric_columns
+    assert 0 < len(metric_columns) <= 37, metric_columns
     # was 232; 202 with issue 14's params (preprocess, embeddings, deferral, LIME and
     # faithfulness) and stages (embed, defer): params and dependencies (52 of them code files,
     # as dvc.yaml lists each stage's import closure) make up the rest
