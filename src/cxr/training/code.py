@@ -2,13 +2,11 @@
 deps dvc.yaml lists for it (`python -m cxr.training.code stages/<stage>.py` prints them).
 
 A stage's result depends on the package modules its script imports, directly or through other
-modules (imports inside functions included; `if TYPE_CHECKING:` imports, which never run, and
-package faces, `__init__.py` files that hold only a docstring, excluded). dvc.yaml must list
-exactly these as the stage's deps (a test holds it to that), and the train stage keys its resume
-state by their hash, so a code change re-runs the stage and never resumes the old code's state.
-
-Modules that only report (`REPORTING_ONLY`: MLflow tracking) are left out: they write no DVC
-output, and a change there must not re-train a model.
+modules (imports inside functions and package `__init__.py` files included; `if TYPE_CHECKING:`
+imports, which never run, excluded). dvc.yaml must list exactly these as the stage's deps (a
+test holds it to that), and the train stage keys its resume state by their hash, so a code
+change re-runs the stage and never resumes the old code's state. The MLflow tracking modules
+count too: a stage whose logging changed runs again and logs anew.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from pathlib import Path
 PACKAGE = "cxr"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PROJECT_DIR = PACKAGE_DIR.parents[1]  # src/cxr -> the project root
-REPORTING_ONLY = ("cxr.tracking",)
 
 
 def module_file(name: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
@@ -76,16 +73,13 @@ def _packages(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def import_closure(
-    script: Path, exclude: tuple[str, ...] = REPORTING_ONLY, package_dir: Path = PACKAGE_DIR
-) -> list[Path]:
-    """The package files `script` runs, sorted; modules under `exclude` (and what only they
-    import) are left out, and so are package faces."""
+def import_closure(script: Path, package_dir: Path = PACKAGE_DIR) -> list[Path]:
+    """The package files `script` runs, sorted."""
     seen: dict[str, Path] = {}
     pending = list(imported_names(script))
     while pending:
         name = pending.pop()
-        if name in seen or any(name == e or name.startswith(f"{e}.") for e in exclude):
+        if name in seen:
             continue
         path = module_file(name, package_dir)
         if path is None:
@@ -93,7 +87,7 @@ def import_closure(
         seen[name] = path
         pending.extend(imported_names(path))
         pending.extend(_packages(name))
-    return sorted(path for path in set(seen.values()) if not is_face(path))
+    return sorted(set(seen.values()))
 
 
 def code_hash(files: list[Path]) -> str:
@@ -113,7 +107,7 @@ def deps_entries(script: Path, package_dir: Path = PACKAGE_DIR) -> list[str]:
     closure = set(import_closure(script, package_dir=package_dir))
     entries = [script.resolve().relative_to(root).as_posix()]
     for folder in sorted({path.parent for path in closure}):
-        code = {path for path in folder.glob("*.py") if not is_face(path)}
+        code = set(folder.glob("*.py"))
         if folder != package_dir and code <= closure:
             entries.append(folder.relative_to(root).as_posix())
         else:
