@@ -48,6 +48,14 @@ RECIPE = {
     "train.epochs": 8,
     "lr": 0.001,
 }
+# The classifier head alone, on the frozen backbone's features (computed once per image).
+HEAD = {
+    **RECIPE,
+    "train.finetune": "head",
+    "train.batch_augment.enabled": False,
+    "train.epochs": 20,
+    "lr": 0.003,
+}
 RECIPES: dict[str, dict[str, Any]] = {
     "scratch_resnet18_64px_old_default": {
         "augment.target": "majority",
@@ -63,23 +71,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "train.imbalance": "none",
     },
     "scratch_lite0": {**RECIPE, "train.weights": "none"},
-    "pretrained_head_only": {
-        **RECIPE,
-        "train.finetune": "head",
-        "train.batch_augment.enabled": False,  # features computed once per image
-        "train.epochs": 20,
-        "lr": 0.003,
-    },
+    "pretrained_head_only": HEAD,
     # Best of the head-only variants on the single val split (mean over seeds 0-2), 7th of
     # 14 on cross-validation (select_recipe.py): kept as the row that shows the difference.
-    "pretrained_head_label_smoothing": {
-        **RECIPE,
-        "train.finetune": "head",
-        "train.batch_augment.enabled": False,
-        "train.epochs": 20,
-        "lr": 0.003,
-        "train.label_smoothing": 0.05,
-    },
+    "pretrained_head_label_smoothing": {**HEAD, "train.label_smoothing": 0.05},
     "pretrained_full": RECIPE,
     "pretrained_unfreeze_after_2": {
         **RECIPE,
@@ -94,7 +89,6 @@ README_RECIPE = "pretrained_head_only"
 
 # The other head-only candidates (`--only head_...`; not in the default run), each a change of
 # `pretrained_head_only`; select_recipe.py ranks them with the table's rows.
-HEAD = RECIPES["pretrained_head_only"]
 VARIANTS: dict[str, dict[str, Any]] = {
     "head_lr_0.01": {**HEAD, "lr": 0.01},
     "head_lr_0.001_smoothing_0.1": {**HEAD, "lr": 0.001, "train.label_smoothing": 0.1},
@@ -118,6 +112,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "full_smoothing_0.1": {**RECIPE, "train.label_smoothing": 0.1},
 }
+EVERY = {**RECIPES, **VARIANTS}  # what `--only` takes
 
 
 def with_overrides(raw: dict, overrides: dict[str, Any]) -> Params:
@@ -190,19 +185,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="a source folder (cxr3)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--only", nargs="*", choices=sorted({**RECIPES, **VARIANTS}), default=None)
+    parser.add_argument("--only", nargs="*", choices=sorted(EVERY), default=None)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per run")
     parser.add_argument("--json", type=Path, help="also write every result here")
     args = parser.parse_args()
     raw = read_params_file("params.yaml")
     raw["data"]["source"] = str(args.data.resolve())
-    recipes = {**RECIPES, **VARIANTS}
     names = args.only or list(RECIPES)
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="cxr-recipes-") as scratch:
         os.environ.setdefault("CXR_CACHE_DIR", str(Path(scratch) / "pixels"))
         data = prepare(args.data, Path(scratch), with_overrides(raw, RECIPE))
-        targets = {with_overrides(raw, recipes[n]).augment.target for n in names}
+        targets = {with_overrides(raw, EVERY[n]).augment.target for n in names}
         for target in targets - {"none"}:
             augment_train(
                 data / "split" / "train",
@@ -211,7 +205,7 @@ def main() -> None:
             )
         for name in names:
             for seed in args.seeds:
-                params = with_overrides(raw, {**recipes[name], "train.seed": seed})
+                params = with_overrides(raw, {**EVERY[name], "train.seed": seed})
                 report = run_recipe(data, params, args.threads)
                 verdict = report["baselines"]["model_minus_majority"]["verdict"]
                 print(

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from real_recipes import RECIPE, RECIPES, VARIANTS, prepare, with_overrides
+from real_recipes import EVERY, RECIPE, prepare, with_overrides
 from sklearn.metrics import balanced_accuracy_score, recall_score
 from sklearn.model_selection import StratifiedGroupKFold
 
@@ -36,11 +36,7 @@ from cxr.training.preprocessing import Preprocessing
 from cxr.training.runtime import configure
 
 # What can be cross-validated here: recipes that train on the unaugmented train split.
-CANDIDATES = {
-    name: recipe
-    for name, recipe in {**RECIPES, **VARIANTS}.items()
-    if recipe.get("augment.target") == "none"
-}
+CANDIDATES = {name: recipe for name, recipe in EVERY.items() if recipe["augment.target"] == "none"}
 
 
 def leakage_units(data: Path, params: Params) -> pd.Series:
