@@ -111,6 +111,26 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "train.label_smoothing": 0.1,
     },
     "full_smoothing_0.1": {**RECIPE, "train.label_smoothing": 0.1},
+    # cxrmix's images are 320 px on their short side: more of their detail reaches the model
+    "full_256px": {**RECIPE, "train.image_size": 256},
+    # the backbone's last stages adapt too, on their cached input (finetune: top)
+    "top_2_blocks": {**HEAD, "train.finetune": "top", "train.top_blocks": 2, "lr": 0.001},
+    "top_2_blocks_lr_0.003": {**HEAD, "train.finetune": "top", "train.top_blocks": 2},
+    "top_3_blocks": {**HEAD, "train.finetune": "top", "train.top_blocks": 3, "lr": 0.001},
+    "top_2_blocks_288px": {
+        **HEAD,
+        "train.finetune": "top",
+        "train.top_blocks": 2,
+        "lr": 0.001,
+        "train.image_size": 288,
+    },
+    "top_2_blocks_smoothing_0.1": {
+        **HEAD,
+        "train.finetune": "top",
+        "train.top_blocks": 2,
+        "lr": 0.001,
+        "train.label_smoothing": 0.1,
+    },
 }
 EVERY = {**RECIPES, **VARIANTS}  # what `--only` takes
 

@@ -17,16 +17,23 @@ pin_kernels()
 from cxr.core import layout
 from cxr.core.config import load_params
 from cxr.core.errors import run_stage
+from cxr.core.fsio import write_json
+from cxr.core.layout import project_root
+from cxr.data.metadata import read_metadata
 from cxr.evaluation.evaluate import (
     baseline_line,
     evaluate_model,
     evaluation_figures,
+    source_only_line,
     summary_line,
     write_evaluation,
 )
+from cxr.evaluation.external import evaluate_external, external_line
+from cxr.evaluation.subgroups import confounding_line
 from cxr.tracking.record import EVALUATION_FOLDER
 from cxr.tracking.runs import pipeline_run
 from cxr.training.checkpoint import load_checkpoint
+from cxr.training.pixels import index_folder
 from cxr.training.runtime import configure, enter_reproducible_mode, select_device
 
 
@@ -37,14 +44,34 @@ def main() -> None:
         device = select_device("auto")
         configure(params.train, device)
         model, card = load_checkpoint(layout.MODEL, device)
-        result = evaluate_model(model, card, layout.SPLIT, params.evaluate, device)
+        metadata = read_metadata(layout.METADATA)
+        result = evaluate_model(model, card, layout.SPLIT, params.evaluate, device, metadata)
+        external = evaluate_external(
+            model,
+            card,
+            params.evaluate.external,
+            project_root(),
+            params.data,
+            params.evaluate,
+            index_folder(layout.SPLIT / "train", card.classes),
+            metadata,
+            device,
+        )
         write_evaluation(result)
+        write_json(layout.EXTERNAL_REPORT, external)
         for name, figure in evaluation_figures(result).items():
             run.log_figure(figure, f"{EVALUATION_FOLDER}/{name}")
         verdict = result.report["baselines"]["model_minus_majority"]["verdict"]
         run.set_tags({"cxr.vs_majority_baseline": verdict})
         print(summary_line(result))
-        print(baseline_line(result.report))
+        for line in (
+            baseline_line(result.report),
+            source_only_line(result.report),
+            confounding_line(result.report.get("confounding", {})),
+            *(external_line(name, entry) for name, entry in external.items()),
+        ):
+            if line:
+                print(line)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from tests.helpers.project import (
     lock_outs,
     make_split_folders,
     metrics_bytes,
+    mix_data_dir,
     real_data_dir,
     run,
     set_params,
@@ -31,6 +32,19 @@ def real_data() -> Path:
     path = real_data_dir()
     if not (path / "COVID" / "images").is_dir():
         message = f"real X-ray sample not found at {path}; set CXR_REAL_DATA"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mix_data() -> Path:
+    """cxrmix: cxr3 plus NIH ChestX-ray14 and Hannover images, with a manifest naming each
+    image's source (read only; never copied into the project)."""
+    path = mix_data_dir()
+    if not (path / "manifest.csv").is_file():
+        message = f"cxrmix not found at {path}; set CXR_MIX_DATA"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

@@ -57,7 +57,14 @@ def test_every_stage_declares_exactly_the_params_groups_it_reads() -> None:
         "augment": {"augment"},
         "train": {"lr", "train", "preprocess", "tracking.registered_model"},
         # the model's kernels and threads (cxr.training.runtime) in every stage that runs it
-        "evaluate": {"evaluate", *RUNTIME},
+        # external folders are read as data.source is (layouts, aliases, metadata CSV)
+        "evaluate": {
+            "evaluate",
+            "data.class_aliases",
+            "data.extensions",
+            "data.metadata",
+            *RUNTIME,
+        },
         "gradcam": {"gradcam", *RUNTIME},
         "embed": {"embeddings", "evaluate.batch_size", *RUNTIME},
         "defer": {"deferral", "evaluate.batch_size", *RUNTIME},

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from cxr.core.config import EvaluateConfig
+from cxr.data.metadata import read_metadata
 from cxr.evaluation import evaluate as evaluation
 from cxr.evaluation.calibration import calibration_summary, scale_probabilities
 from cxr.evaluation.evaluate import Evaluation, evaluate_model, evaluation_figures, summary_line
@@ -32,7 +33,8 @@ def test_evaluate_stage_outputs_recompute_from_predictions_file(evaluated_projec
     frame = pd.read_csv(root / "plots/predictions.csv")
     assert len(frame) == report["test_images"] == 18
     recomputed = metrics_from_predictions(frame, 50, 0.95, 0)
-    assert recomputed == {k: v for k, v in report.items() if k not in ("calibration", "baselines")}
+    derived = ("calibration", "baselines", "subgroups", "confounding")  # need more than the file
+    assert recomputed == {k: v for k, v in report.items() if k not in derived}
     y_true, probabilities, _ = read_predictions(frame)
     calibration = report["calibration"]
     assert calibration_summary(y_true, probabilities, 15) == calibration["uncalibrated"]
@@ -89,7 +91,9 @@ def test_evaluate_model_without_temperature_scaling_never_reads_val(tmp_path: Pa
     model = build_model("resnet18", len(CLASSES))
     card = ModelCard("resnet18", CLASSES, image_size=32, weights="none", epoch=1)
     cfg = EvaluateConfig(bootstrap_resamples=20, temperature_scaling=False)
-    result = evaluate_model(model, card, tmp_path / "data/split", cfg, torch.device("cpu"))
+    metadata = read_metadata(tmp_path / "data/metadata.csv")
+    split = tmp_path / "data/split"
+    result = evaluate_model(model, card, split, cfg, torch.device("cpu"), metadata)
     assert set(result.reliability) == {"uncalibrated"}
     assert "temperature" not in result.report["calibration"]
     assert result.files == sorted(result.files) and len(result.files) == 12
@@ -104,8 +108,47 @@ def test_evaluate_model_without_temperature_scaling_never_reads_val(tmp_path: Pa
         "precision_recall.png",
         "reliability.png",
         "per_class.png",
+        "subgroups.png",
     }
     assert all(figure.axes for figure in figures.values())
+    # the metadata's columns became subgroups; the one it lacks is listed, not invented
+    subgroups = result.report["subgroups"]
+    assert subgroups["skipped"] == ["view"]
+    assert set(subgroups["source"]) == {"site-a", "site-b", "site-c"}
+    assert sum(g["images"] for g in subgroups["age"].values()) == 12
+    assert result.report["confounding"]["confounded"] == [CLASSES[0]]  # all from site-a
+
+
+def test_subgroups_and_source_only_baseline_recomputed_from_the_saved_files(
+    evaluated_project: Path,
+) -> None:
+    """reports/eval.json's per-source results, recomputed with scikit-learn from
+    plots/predictions.csv and data/metadata.csv; the source-only baseline is there, judged,
+    and printed."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    report = json.loads((evaluated_project / "reports/eval.json").read_text())
+    y, probabilities, _ = read_predictions(pd.read_csv(evaluated_project / "plots/predictions.csv"))
+    predictions = pd.read_csv(evaluated_project / "plots/predictions.csv")
+    metadata = pd.read_csv(evaluated_project / "data/metadata.csv").set_index("file")
+    sources = metadata.loc[predictions["image"], "source"].to_numpy()
+    for source, entry in report["subgroups"]["source"].items():
+        rows = sources == source
+        assert entry["images"] == rows.sum()
+        assert entry["balanced_accuracy"] == pytest.approx(
+            balanced_accuracy_score(y[rows], probabilities[rows].argmax(1)), abs=1e-6
+        )
+    only = report["baselines"]["model_minus_source_only"]
+    assert only["verdict"] in ("beats", "inconclusive", "loses")
+    assert only["balanced_accuracy"]["difference"] == pytest.approx(
+        report["balanced_accuracy"] - report["baselines"]["source_only"]["balanced_accuracy"],
+        abs=1e-5,
+    )
+    log = (evaluated_project / "evaluate.log").read_text()
+    assert "source-only baseline" in log
+    assert "class and source are confounded" in log and f"100% of {CLASSES[0]}" in log
+    rows = pd.read_csv(evaluated_project / "plots/subgroups.csv")
+    assert set(rows["column"]) == {"source", "sex", "age"}
 
 
 def test_evaluation_reports_and_prints_the_majority_baseline(evaluated_project: Path) -> None:
@@ -132,7 +175,9 @@ def test_summary_line_prints_a_zero_bound_as_zero() -> None:
         "macro": {"f1": 0.1},
         "calibration": {"uncalibrated": {"ece": 0.2}},
     }
-    result = Evaluation(CLASSES, [], np.zeros(4), np.zeros((4, 3)), report, {}, {}, pd.DataFrame())
+    result = Evaluation(
+        CLASSES, [], np.zeros(4), np.zeros((4, 3)), report, {}, {}, pd.DataFrame(), pd.DataFrame()
+    )
     assert "test accuracy 0.100 [0.000, 0.250]" in summary_line(result)
     assert "balanced accuracy 0.300 [0.000, 0.500]" in summary_line(result)
     no_interval = {**report, "accuracy_ci": {}}  # no resamples: no interval, and no nan

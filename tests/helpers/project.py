@@ -27,6 +27,11 @@ def real_data_dir() -> Path:
     return Path(os.environ.get("CXR_REAL_DATA", REAL_DATA_DEFAULT))
 
 
+def mix_data_dir() -> Path:
+    """cxrmix (1,258 X-rays, five sources): `CXR_MIX_DATA`, else beside cxr3."""
+    return Path(os.environ.get("CXR_MIX_DATA", real_data_dir().parent / "cxrmix"))
+
+
 def tool_env(**extra: str) -> dict[str, str]:
     """Environment for subprocesses: this interpreter's bin first, so DVC's `python` is ours."""
     env = dict(os.environ)
@@ -126,6 +131,7 @@ def make_split_folders(root: Path, size: int, per_class: int) -> None:
     from cxr.data.images import save_png
     from cxr.data.synthetic import draw_phantom
 
+    rows = []
     for split_index, split in enumerate(("val", "test", "train")):
         for class_index, name in enumerate(EVAL_CLASSES):
             # train: the first class the largest, so the majority baseline has one answer
@@ -139,6 +145,14 @@ def make_split_folders(root: Path, size: int, per_class: int) -> None:
                 ):
                     (folder / name).mkdir(parents=True, exist_ok=True)
                     save_png(picture, folder / name / f"{split}-{n}.png")
+                # metadata as a source's manifest gives it: the first class from its own
+                # hospital (a confounded class), the others from two; no view column
+                source = "site-a" if class_index == 0 else ("site-b", "site-c")[n % 2]
+                age = "" if n == 0 else str(30 + 7 * n)
+                rows.append((f"{name}/{split}-{n}.png", source, "FM"[n % 2], age))
+    lines = ["file,source_file,source,sex,age", *(f"{f},{f},{s},{x},{a}" for f, s, x, a in rows)]
+    (root / "data").mkdir(exist_ok=True)
+    (root / "data/metadata.csv").write_text("\n".join(lines) + "\n")
 
 
 def metrics_bytes(project: Path) -> dict[str, bytes]:

@@ -221,3 +221,64 @@ def test_non_finite_loss_fails_naming_epoch_and_lr() -> None:
     model = build_model("resnet18", 3)
     with pytest.raises(ConfigError, match=r"epoch 1: the training loss became nan.*Lower lr"):
         fit(model, tiny_set(), tiny_set(6, seed=1), tiny_cfg(), float("inf"), CPU)
+
+
+def test_top_regime_trains_only_the_last_stages_and_head() -> None:
+    """finetune: top on cached inputs: the stages before the last top_blocks never change, the
+    last ones and the head do."""
+    from cxr.core.config import BatchAugmentConfig
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = tiny_cfg(
+        model="efficientnet_lite0",
+        finetune="top",
+        top_blocks=2,
+        batch_augment=BatchAugmentConfig(enabled=False),
+    )
+    fit(model, tiny_set(), tiny_set(6, seed=1), cfg, 1e-2, CPU)
+    changed = {
+        key.split(".")[0] + ("." + key.split(".")[1] if key.startswith("blocks") else "")
+        for key in changed_keys(before, model)
+    }
+    assert changed == {"blocks.5", "blocks.6", "conv_head", "bn2", "classifier"}
+
+
+def test_top_tail_on_cached_input_equals_the_whole_model() -> None:
+    """What the top stages compute from the cached input is what the whole model computes from
+    the pixels: the split point loses nothing."""
+    from cxr.core.config import BatchAugmentConfig
+    from cxr.training.inference import predict_logits
+    from cxr.training.loop import cached_part, module_inputs
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 3).eval()
+    pixels = tiny_set(6, size=64).pixels
+    cfg = tiny_cfg(
+        model="efficientnet_lite0",
+        finetune="top",
+        top_blocks=3,
+        batch_augment=BatchAugmentConfig(enabled=False),
+    )
+    path, tail = cached_part(model, cfg)
+    assert path == "blocks.4"
+    cached = module_inputs(model, cfg.model, path, pixels, 4, CPU)
+    with torch.no_grad():
+        through_tail = tail.eval()(cached)
+    whole = predict_logits(model, cfg.model, pixels, 4, CPU)
+    assert torch.allclose(through_tail, whole, atol=1e-4)
+
+
+def test_top_regime_refuses_too_many_blocks() -> None:
+    from cxr.core.config import BatchAugmentConfig
+
+    model = build_model("efficientnet_lite0", 3)
+    cfg = tiny_cfg(
+        model="efficientnet_lite0",
+        finetune="top",
+        top_blocks=9,
+        batch_augment=BatchAugmentConfig(enabled=False),
+    )
+    with pytest.raises(ConfigError, match=r"train\.top_blocks: 9.*7 stages"):
+        fit(model, tiny_set(), tiny_set(6, seed=1), cfg, 1e-2, CPU)

@@ -16,6 +16,7 @@ each other stage those of the names it uses.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -247,6 +248,7 @@ class TrainConfig:
     # epochs, then everything.
     finetune: Annotated[str, registered("fine-tuning regime")] = "full"
     unfreeze_after: int = Field(1, ge=1)
+    top_blocks: int = Field(2, ge=1)  # finetune top: the backbone's last stages that train
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     # none | weighted_loss (inverse class frequency) | sampler (WeightedRandomSampler-style draws)
     imbalance: Literal["none", "weighted_loss", "sampler"] = "weighted_loss"
@@ -292,6 +294,23 @@ class TrainConfig:
             )
         return self
 
+    @model_validator(mode="after")
+    def _top_on_cached_features(self, info: ValidationInfo) -> TrainConfig:
+        models = _registry(info, "model")
+        spec = models[self.model] if models is not None and self.model in models else None
+        if self.finetune == "top" and spec is not None and spec.stages is None:
+            raise ValueError(
+                f"train.finetune: top is not supported for {self.model}; use head, unfreeze "
+                "or full, or an efficientnet_lite* model"
+            )
+        if self.finetune == "top" and self.batch_augment.enabled:
+            raise ValueError(
+                "train.finetune: top trains the last stages on their cached input, computed "
+                "once per image: set train.batch_augment.enabled: false (augment offline "
+                "with the augment stage instead), or use finetune: full"
+            )
+        return self
+
     @field_validator("image_size")
     @classmethod
     def _large_enough_for_model(cls, value: int, info: ValidationInfo) -> int:
@@ -316,6 +335,27 @@ class EvaluateConfig:
     seed: int = 0
     calibration_bins: int = Field(15, ge=2, le=100)  # equal-width confidence bins for ECE
     temperature_scaling: bool = True  # fit T on the val split; report calibration before/after
+    # Metadata columns (data/metadata.csv) the test results are broken down by; `age` in the
+    # bands below. Columns the source lacks are skipped and listed in the report.
+    subgroups: tuple[str, ...] = ("source", "sex", "view", "age")
+    age_bands: tuple[int, ...] = (40, 60, 80)  # band edges in years: <40, 40-59, 60-79, 80+
+    # Folders scored by the final model after training (same layouts as data.source), each
+    # with its classes a subset of the model's; relative paths start at the project root.
+    external: tuple[str, ...] = ()
+
+    @field_validator("age_bands")
+    @classmethod
+    def _increasing(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(b <= a for a, b in itertools.pairwise(value)) or value[0] <= 0:
+            raise ValueError("must be one or more positive ages in increasing order")
+        return value
+
+    @field_validator("subgroups", "external")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value) or any(not v.strip() for v in value):
+            raise ValueError("must be distinct, non-empty names")
+        return value
 
 
 @dataclass(config=_STRICT)

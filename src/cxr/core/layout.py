@@ -52,6 +52,8 @@ ROC = PLOTS / "roc.csv"  # class, curve, point, fpr, tpr
 PR = PLOTS / "precision_recall.csv"  # class, curve, point, recall, precision
 RELIABILITY = PLOTS / "reliability.csv"  # probabilities, bin_low, bin_high, confidence, ...
 PER_CLASS = PLOTS / "per_class.csv"  # long table for the per-class bar chart
+SUBGROUPS = PLOTS / "subgroups.csv"  # column, group, bar, metric, value, low, high, images
+EXTERNAL_REPORT = REPORTS / "external.json"  # evaluate.external: each folder's results
 
 # Stage `embed` (cxr.evaluation.embeddings): the t-SNE map of penultimate-layer embeddings.
 EMBEDDINGS = PLOTS / "embeddings.csv"  # split, image, class, predicted, outcome, x, y

@@ -209,12 +209,16 @@ def dataset_root(folder: Path, extensions: tuple[str, ...]) -> Path:
 
 
 def detect_layout(
-    folder: Path, extensions: tuple[str, ...], aliases: dict[str, str] | None = None
+    folder: Path,
+    extensions: tuple[str, ...],
+    aliases: dict[str, str] | None = None,
+    min_classes: int = 2,
 ) -> list[ClassFolder]:
     """Class folders of `folder`, sorted by folder name: Kaggle (`<Class>/images`) or flat.
 
     Class names go through `aliases` (folder name -> class name); loose files next to the class
-    folders (READMEs, metadata sheets) are ignored.
+    folders (READMEs, metadata sheets) are ignored. A training source needs two classes; a
+    folder that is only scored (evaluate.external) may hold one (`min_classes`).
     """
     aliases = aliases or {}
     folder = dataset_root(folder, extensions)
@@ -232,7 +236,7 @@ def detect_layout(
                 f"{class_dir}: class folder holds no images with extensions "
                 f"{list(extensions)} (nor an images/ sub-folder). Remove it or add its images."
             )
-    if len({entry.name for entry in classes}) < 2:
+    if len({entry.name for entry in classes}) < min_classes:
         raise SourceError(
             f"{folder}: found {len(classes)} class folder(s); a classifier needs at least two "
             "(expected <Class>/*.png or <Class>/images/*.png)."

@@ -22,6 +22,7 @@ from torch import nn
 from cxr.core import layout
 from cxr.core.config import EvaluateConfig
 from cxr.core.fsio import write_csv, write_json
+from cxr.data.metadata import metadata_for
 from cxr.evaluation.calibration import (
     calibration_summary,
     fit_temperature,
@@ -34,6 +35,7 @@ from cxr.evaluation.figures import (
     curves_figure,
     per_class_figure,
     reliability_figure,
+    subgroups_figure,
 )
 from cxr.evaluation.metrics import (
     baseline_report,
@@ -44,9 +46,17 @@ from cxr.evaluation.metrics import (
     predictions_frame,
     round_probabilities,
 )
+from cxr.evaluation.subgroups import (
+    CONFOUNDED_SHARE,
+    acquisition_features,
+    confounding,
+    source_only_probabilities,
+    subgroup_report,
+    subgroup_rows,
+)
 from cxr.training.checkpoint import ModelCard
 from cxr.training.inference import predict_logits
-from cxr.training.pixels import PixelSet, index_folder, load_split
+from cxr.training.pixels import FolderIndex, PixelSet, index_folder, load_split
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ class Evaluation:
     reliability: dict[str, pd.DataFrame]  # uncalibrated [, temperature_scaled]
     curves: dict[str, dict[str, pd.DataFrame]]  # roc / pr → class → curve
     per_class: pd.DataFrame
+    subgroups: pd.DataFrame  # plots/subgroups.csv: column, group, metric, value, interval
 
 
 def split_logits(
@@ -93,30 +104,68 @@ def calibration(
     return section, tables
 
 
+def baselines_and_groups(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    test_metadata: pd.DataFrame,
+    train: FolderIndex,
+    train_metadata: pd.DataFrame,
+    cfg: EvaluateConfig,
+) -> dict:
+    """The baselines (majority, stratified and, where the metadata names sources, source-only),
+    the results per subgroup, and how far each class comes from one source.
+
+    The baselines know the train split only (its class shares; its sources and views), never
+    the test labels."""
+    classes, train_labels = train.classes, np.array(train.labels)
+    others = {}
+    seen, asked = acquisition_features(train_metadata), acquisition_features(test_metadata)
+    if seen is not None and asked is not None:
+        others["source_only"] = source_only_probabilities(
+            seen, train_labels, asked[seen.columns], len(classes)
+        )
+    boot = (cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
+    sections = {
+        "baselines": baseline_report(
+            y_true, probabilities, train_labels, classes, *boot, others=others
+        ),
+        "subgroups": subgroup_report(
+            y_true, probabilities, test_metadata, classes, cfg.subgroups, cfg.age_bands, *boot
+        ),
+    }
+    if seen is not None:
+        sections["confounding"] = confounding(
+            train_labels, seen["source"], classes, CONFOUNDED_SHARE
+        )
+    return sections
+
+
 def evaluate_model(
     model: nn.Module,
     card: ModelCard,
     split_root: Path,
     cfg: EvaluateConfig,
     device: torch.device,
+    metadata: pd.DataFrame,
 ) -> Evaluation:
-    """Score `model` on `split_root`/test (and fit calibration on `split_root`/val)."""
+    """Score `model` on `split_root`/test (and fit calibration on `split_root`/val);
+    `metadata` (cxr.data.metadata.read_metadata) names each image's source, sex, age, view."""
     test, logits = split_logits(model, card, split_root / "test", cfg.batch_size, device)
     probabilities = round_probabilities(torch.softmax(torch.from_numpy(logits), 1).numpy())
     y_true = test.labels.numpy()
     report = classification_metrics(
         y_true, probabilities, card.classes, cfg.bootstrap_resamples, cfg.confidence, cfg.seed
     )
-    # the baselines know the train split's labels only (its class shares), never the test's
-    train_labels = np.array(index_folder(split_root / "train", card.classes).labels)
-    report["baselines"] = baseline_report(
-        y_true,
-        probabilities,
-        train_labels,
-        card.classes,
-        cfg.bootstrap_resamples,
-        cfg.confidence,
-        cfg.seed,
+    train = index_folder(split_root / "train", card.classes)
+    report.update(
+        baselines_and_groups(
+            y_true,
+            probabilities,
+            metadata_for(test.files, metadata),
+            train,
+            metadata_for(train.files, metadata),
+            cfg,
+        )
     )
     val_logits = val_labels = None
     if cfg.temperature_scaling:
@@ -134,6 +183,7 @@ def evaluate_model(
         reliability=reliability,
         curves=curve_frames(y_true, probabilities, card.classes),
         per_class=per_class_frame(report),
+        subgroups=subgroup_rows(report["subgroups"]),
     )
 
 
@@ -154,6 +204,22 @@ def headline(report: dict) -> dict:
         "macro_f1": report["macro"]["f1"],
         "macro_roc_auc": report["macro"]["roc_auc"],
         "ece": report["calibration"]["uncalibrated"]["ece"],
+        # what the source and view alone give (data whose classes come from different
+        # hospitals): the model's lead over it is what the pixels add
+        **source_only_headline(report["baselines"]),
+    }
+
+
+def source_only_headline(baselines: dict) -> dict:
+    """The source-only baseline's balanced accuracy and the model's lead over it, where the
+    metadata names sources."""
+    if "source_only" not in baselines:
+        return {}
+    return {
+        "source_only_balanced_accuracy": baselines["source_only"]["balanced_accuracy"],
+        "minus_source_only_balanced_accuracy": _interval_with(
+            baselines["model_minus_source_only"]["balanced_accuracy"]
+        ),
     }
 
 
@@ -181,6 +247,7 @@ def write_evaluation(result: Evaluation) -> None:
     temperature = result.report["calibration"].get("temperature")
     write_csv(layout.RELIABILITY, reliability_long(result.reliability, temperature).round(6))
     write_csv(layout.PER_CLASS, result.per_class)
+    write_csv(layout.SUBGROUPS, result.subgroups)
 
 
 def evaluation_figures(result: Evaluation) -> dict[str, Figure]:
@@ -208,6 +275,7 @@ def evaluation_figures(result: Evaluation) -> dict[str, Figure]:
         ),
         "reliability.png": reliability_figure(result.reliability),
         "per_class.png": per_class_figure(result.per_class),
+        "subgroups.png": subgroups_figure(result.subgroups, 1.0 / len(result.classes)),
     }
 
 
@@ -251,5 +319,21 @@ def baseline_line(report: dict) -> str:
         f"{majority['balanced_accuracy']:.3f}, difference {difference['difference']:+.3f}"
         f"{_bracket(difference)}; accuracy {report['accuracy']:.3f} vs "
         f"{majority['accuracy']:.3f}"
+    )
+    return line if verdict == "beats" else "WARNING: " + line
+
+
+def source_only_line(report: dict) -> str | None:
+    """Whether the pixels add anything to what the image's source and view already say."""
+    baselines = report["baselines"]
+    if "source_only" not in baselines:
+        return None
+    difference = baselines["model_minus_source_only"]["balanced_accuracy"]
+    verdict = baselines["model_minus_source_only"]["verdict"]
+    line = (
+        f"evaluate: the model {VERDICTS[verdict]} the source-only baseline (source and view, "
+        f"no pixels): balanced accuracy {report['balanced_accuracy']:.3f} vs "
+        f"{baselines['source_only']['balanced_accuracy']:.3f}, difference "
+        f"{difference['difference']:+.3f}{_bracket(difference)}"
     )
     return line if verdict == "beats" else "WARNING: " + line

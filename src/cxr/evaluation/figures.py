@@ -97,3 +97,32 @@ def per_class_figure(per_class: pd.DataFrame) -> Figure:
     axis.set(title="Per-class metrics (test split)", xlabel="")
     axis.grid(alpha=0.3, axis="y")
     return figure
+
+
+def subgroups_figure(rows: pd.DataFrame, chance: float) -> Figure:
+    """Balanced accuracy per subgroup (one panel per metadata column) with its bootstrap
+    interval, the group's image count in its label, and the chance level drawn."""
+    balanced = rows[rows["metric"] == "balanced_accuracy"]
+    columns = list(dict.fromkeys(balanced["column"]))
+    heights = [max(1, int((balanced["column"] == c).sum())) for c in columns] or [1]
+    figure = Figure(figsize=(8, 1.2 + 0.35 * sum(heights)), layout="constrained")
+    if not columns:
+        figure.text(0.5, 0.5, "no subgroup columns in the metadata", ha="center")
+        return figure
+    axes = np.atleast_1d(figure.subplots(len(columns), 1, height_ratios=heights, sharex=True))
+    for axis, column in zip(axes, columns, strict=True):
+        part = balanced[balanced["column"] == column]
+        labels = [f"{g} (n={n})" for g, n in zip(part["group"], part["images"], strict=True)]
+        values = part["value"].astype(float).to_numpy()
+        low = part["low"].astype(float).to_numpy()
+        high = part["high"].astype(float).to_numpy()
+        error = np.vstack([values - low, high - values])
+        axis.barh(labels, values, xerr=np.nan_to_num(error), color="tab:blue", capsize=3)
+        axis.axvline(chance, color="grey", linestyle="--", label=f"chance ({chance:.2f})")
+        axis.set_title(f"by {column}", loc="left", fontsize=10)
+        axis.invert_yaxis()
+    axes[0].legend(loc="lower right", fontsize=8)
+    axes[-1].set_xlim(0, 1)
+    axes[-1].set_xlabel("balanced accuracy on the test split (95 % bootstrap interval)")
+    figure.suptitle("Balanced accuracy per subgroup (test split)")
+    return figure

@@ -267,6 +267,16 @@ def baseline_probabilities(
     return probabilities
 
 
+def verdict_of(difference: dict) -> str:
+    """`beats` when the interval of a balanced-accuracy difference (model minus baseline) lies
+    above 0, `loses` when the model's score is not above the baseline's, else `inconclusive`."""
+    if (difference["difference"] or 0.0) <= 0:
+        return "loses"
+    if difference.get("low") is not None and difference["low"] > 0:
+        return "beats"
+    return "inconclusive"
+
+
 def baseline_report(
     y_true: np.ndarray,
     probabilities: np.ndarray,
@@ -275,18 +285,22 @@ def baseline_report(
     resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    others: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """The baselines' accuracy, balanced accuracy and macro-F1 (balanced accuracy with its
     interval), and the model minus the majority baseline with paired bootstrap intervals.
 
-    `verdict`: `beats` when the interval of the balanced-accuracy difference lies above 0,
-    `loses` when the model's balanced accuracy is not above the baseline's, else `inconclusive`.
+    `others` are further baselines' test probabilities (e.g. `source_only`, fitted elsewhere
+    on the train split); the model minus each gets a paired balanced-accuracy interval and a
+    verdict (`verdict_of`) under `model_minus_<name>`.
     """
     n_classes = len(classes)
     report: dict = {}
     scores = {}
     for name, strategy in BASELINES.items():
         scores[name] = baseline_probabilities(train_labels, len(y_true), n_classes, strategy, seed)
+    scores.update(others or {})
+    for name in scores:
         values = {key: _r(fn(y_true, scores[name], n_classes)) for key, fn in HEADLINE.items()}
         balanced_ci = bootstrap_ci(
             y_true,
@@ -310,14 +324,22 @@ def baseline_report(
         )
         for key, fn in HEADLINE.items()
     }
-    balanced = differences["balanced_accuracy"]
-    if (balanced["difference"] or 0.0) <= 0:
-        verdict = "loses"
-    elif balanced.get("low") is not None and balanced["low"] > 0:
-        verdict = "beats"
-    else:
-        verdict = "inconclusive"
+    verdict = verdict_of(differences["balanced_accuracy"])
     report["model_minus_majority"] = {**differences, "verdict": verdict}
+    for name in others or {}:
+        balanced = paired_bootstrap_difference(
+            y_true,
+            probabilities,
+            scores[name],
+            lambda t, p: balanced_accuracy(t, p.argmax(1)),
+            resamples,
+            confidence,
+            seed,
+        )
+        report[f"model_minus_{name}"] = {
+            "balanced_accuracy": balanced,
+            "verdict": verdict_of(balanced),
+        }
     return report
 
 

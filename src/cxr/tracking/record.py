@@ -31,7 +31,9 @@ COUNT_KEYS = frozenset(
     | {"confidence_level", "steps", "accepted", "referred", "accepted_correct"}
 )
 # Report sections logged as a table instead of a metric per cell.
-TABLE_KEYS = frozenset({"per_class"})
+# Logged as tables or files, not metrics (group names such as "<40" or "80+" are no metric
+# names MLflow accepts, and there are dozens of them).
+TABLE_KEYS = frozenset({"per_class", "subgroups", "confounding"})
 
 # Artifact folders, one per stage that writes some.
 DATA_FOLDER, TRAINING_FOLDER, EVALUATION_FOLDER, GRADCAM_FOLDER = (
@@ -193,7 +195,15 @@ STAGE_ARTIFACTS = {
     ),
     "evaluate": (
         EVALUATION_FOLDER,
-        (layout.EVAL_REPORT, layout.PREDICTIONS, layout.ROC, layout.PR, layout.RELIABILITY),
+        (
+            layout.EVAL_REPORT,
+            layout.PREDICTIONS,
+            layout.ROC,
+            layout.PR,
+            layout.RELIABILITY,
+            layout.SUBGROUPS,
+            layout.EXTERNAL_REPORT,
+        ),
     ),
     "gradcam": (GRADCAM_FOLDER, (layout.GRADCAM_REPORT,)),
     "embed": (EMBEDDINGS_FOLDER, (layout.EMBEDDINGS, layout.EMBEDDINGS_REPORT)),

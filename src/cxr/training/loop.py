@@ -54,6 +54,9 @@ REGIMES: Registry[Callable[[TrainConfig, int], bool]] = Registry(
 REGIMES.register("full", lambda cfg, epoch: True)
 REGIMES.register("head", lambda cfg, epoch: False)
 REGIMES.register("unfreeze", lambda cfg, epoch: epoch > cfg.unfreeze_after)
+# the last train.top_blocks stages and the head train on their cached input; the stages
+# before them never run in the loop, so they get no gradients and stay as they are
+REGIMES.register("top", lambda cfg, epoch: True)
 
 
 def set_backbone_trainable(model: nn.Module, arch: str, trainable: bool) -> None:
@@ -131,28 +134,58 @@ class Trainer:
     cfg: TrainConfig
     world: World
     val_features: torch.Tensor | None = None  # cached-feature head training: the val split's
+    cached: nn.Module | None = None  # what trains on the cached features (head, or top stages)
 
 
 def caches_features(cfg: TrainConfig) -> bool:
-    """Head-only training with no random augmentation sees the same backbone output for an
-    image every epoch: compute it once and train the head on it (same updates, epochs in
-    milliseconds). Dropout inside the frozen backbone is off (eval mode), as in the loop."""
-    return cfg.finetune == "head" and not cfg.batch_augment.enabled
+    """Head-only (or top-stages) training with no random augmentation sees the same output of
+    the frozen part for an image every epoch: compute it once and train the rest on it (same
+    updates, far faster epochs). Dropout inside the frozen part is off (eval mode), as in the
+    loop."""
+    return cfg.finetune in ("head", "top") and not cfg.batch_augment.enabled
+
+
+def cached_part(model: nn.Module, cfg: TrainConfig) -> tuple[str, nn.Module]:
+    """Under feature caching: the module whose input is cached, and what trains on it (the
+    head; under `top`, the last stages through the head)."""
+    spec = MODELS[cfg.model]
+    if cfg.finetune == "top":
+        try:
+            path = spec.tail_input(model, cfg.top_blocks)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        assert spec.tail is not None  # tail_input refused architectures without one
+        return path, spec.tail(model, cfg.top_blocks)
+    return spec.head, model.get_submodule(spec.head)
 
 
 @torch.no_grad()
-def head_inputs(
-    model: nn.Module, arch: str, pixels: torch.Tensor, batch_size: int, device: torch.device
+def module_inputs(
+    model: nn.Module,
+    arch: str,
+    path: str,
+    pixels: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
 ) -> torch.Tensor:
-    """What the classifier head receives for each image (backbone in eval mode), on the CPU."""
-    head = model.get_submodule(MODELS[arch].head)
+    """What the module at `path` receives for each image (model in eval mode), on the CPU."""
+    module = model.get_submodule(path)
     captured: list[torch.Tensor] = []
-    handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].cpu()))
+    handle = module.register_forward_pre_hook(
+        lambda module, args: captured.append(args[0].float().cpu())
+    )
     try:
         predict_logits(model, arch, pixels, batch_size, device)
     finally:
         handle.remove()
-    return torch.cat(captured).float()
+    return torch.cat(captured)
+
+
+def head_inputs(
+    model: nn.Module, arch: str, pixels: torch.Tensor, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """What the classifier head receives for each image (backbone in eval mode), on the CPU."""
+    return module_inputs(model, arch, MODELS[arch].head, pixels, batch_size, device)
 
 
 def _identity_augment(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -175,11 +208,13 @@ def make_trainer(
     weights = sample_weights(cfg, train.labels, num_classes)
     sampler = EpochSampler(len(train), world.size, world.rank, cfg.seed, weights)
     val_features = None
+    cached = None
     if caches_features(cfg) if feature_cache is None else feature_cache:
-        features = head_inputs(model, cfg.model, train.pixels, cfg.batch_size, device)
-        val_features = head_inputs(model, cfg.model, val.pixels, cfg.batch_size, device)
+        path, cached = cached_part(model, cfg)
+        features = module_inputs(model, cfg.model, path, train.pixels, cfg.batch_size, device)
+        val_features = module_inputs(model, cfg.model, path, val.pixels, cfg.batch_size, device)
         store = PixelSet(train.classes, train.files, features, train.labels, train.key)
-        runner: nn.Module = model.get_submodule(MODELS[cfg.model].head)
+        runner: nn.Module = cached
         loader: Iterable = DeviceBatches(store, sampler, cfg.batch_size, device)
         augment: Callable = _identity_augment
         normalize: Callable = nn.Identity()
@@ -215,6 +250,7 @@ def make_trainer(
         cfg=cfg,
         world=world,
         val_features=val_features,
+        cached=cached,
     )
 
 
@@ -320,10 +356,15 @@ def validate(trainer: Trainer, val: PixelSet) -> tuple[float, float, float, floa
     split, so all ranks agree on early stopping and the best epoch without communicating."""
     cfg = trainer.cfg
     with trainer.precision.autocast(trainer.device):
-        if trainer.val_features is not None:
-            head = trainer.core.get_submodule(MODELS[cfg.model].head).eval()
+        if trainer.val_features is not None and trainer.cached is not None:
+            part = trainer.cached.eval()
             with torch.no_grad():
-                logits = head(trainer.val_features.to(trainer.device)).float().cpu()
+                logits = torch.cat(
+                    [
+                        part(chunk.to(trainer.device)).float().cpu()
+                        for chunk in trainer.val_features.split(cfg.batch_size)
+                    ]
+                )
         else:
             logits = predict_logits(
                 trainer.core, cfg.model, val.pixels, cfg.batch_size, trainer.device

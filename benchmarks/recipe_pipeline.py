@@ -1,0 +1,166 @@
+"""README's real-data recipe run exactly as README writes it: `dvc exp run` of the
+`<!-- recipe:cpu -->` block, `<folder>` replaced by --data, once per training seed, in a
+temporary git+DVC copy of the project. Prints per seed the wall-clock minutes of the whole
+`dvc exp run` (the first seed's includes download, split and augment, as a fresh clone's
+does), each stage's share, and the test numbers the pipeline wrote: balanced accuracy with its
+interval, the model minus the majority and the source-only baselines, per-source balanced
+accuracy, the audit's verdict and the external folders' results.
+
+    python benchmarks/recipe_pipeline.py --data ../shared/data/cxrmix
+    python benchmarks/recipe_pipeline.py --data <folder> --seeds 0 --external <other folder>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+STAGE_LINE = re.compile(r"^Running stage '(\w+)'", re.M)
+
+
+def readme_recipe() -> list[str]:
+    """The `dvc exp run ...` words of README's `<!-- recipe:cpu -->` block."""
+    text = (PROJECT / "README.md").read_text(encoding="utf-8")
+    block = re.match(r"```bash\n(.*?)```", text.split("<!-- recipe:cpu -->\n", 1)[1], re.S)
+    if block is None:
+        raise SystemExit("README: no ```bash block after <!-- recipe:cpu -->")
+    return shlex.split(block.group(1).replace("\\\n", " "))
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's tracked and untracked-but-not-ignored files, in a fresh git repo."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        if (PROJECT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PROJECT / name, dest / name)
+    git = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
+    for command in (["git", "init", "-q", "-b", "main"], [*git, "add", "-A"]):
+        subprocess.run(command, cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], cwd=dest, check=True)
+    return dest
+
+
+def run_seed(project: Path, command: list[str], seed: int) -> tuple[float, str]:
+    """One `dvc exp run` (output streamed to this terminal's stderr); minutes and stdout."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [*command, "-S", f"train.seed={seed}"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**_env(), "PYTHONUNBUFFERED": "1"},
+    )
+    minutes = (time.perf_counter() - start) / 60
+    if done.returncode != 0:
+        print(done.stdout[-4000:], file=sys.stderr)
+        raise SystemExit(f"dvc exp run failed for seed {seed}")
+    return minutes, done.stdout
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _read(project: Path, name: str) -> dict:
+    path = project / name
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _ci(entry: dict, key: str = "balanced_accuracy") -> str:
+    ci = entry.get(f"{key}_ci", {})
+    if ci.get("low") is None:
+        return f"{entry[key]:.3f}"
+    return f"{entry[key]:.3f} [{ci['low']:.2f}, {ci['high']:.2f}]"
+
+
+def _difference(entry: dict) -> str:
+    d = entry["balanced_accuracy"]
+    return f"{d['difference']:+.3f} [{d['low']:.3f}, {d['high']:.3f}] ({entry['verdict']})"
+
+
+def summary(project: Path) -> dict:
+    """What the pipeline wrote that README reports."""
+    report = _read(project, "reports/eval.json")
+    return {
+        "eval": report,
+        "audit": _read(project, "reports/audit.json"),
+        "external": _read(project, "reports/external.json"),
+        "train": _read(project, "metrics/train.json"),
+        "gradcam": _read(project, "metrics/gradcam.json"),
+    }
+
+
+def print_seed(seed: int, minutes: float, stdout: str, result: dict) -> None:
+    report, baselines = result["eval"], result["eval"]["baselines"]
+    stages = STAGE_LINE.findall(stdout)
+    recall = ", ".join(f"{c} {v['recall']:.2f}" for c, v in report["per_class"].items())
+    auc = ", ".join(f"{c} {v['roc_auc']:.2f}" for c, v in report["per_class"].items())
+    print(f"\nseed {seed}: dvc exp run {minutes:.1f} min (stages run: {', '.join(stages)})")
+    print(
+        f"  test balanced accuracy {_ci(report)}, accuracy {report['accuracy']:.3f}, "
+        f"macro-F1 {report['macro']['f1']:.3f}; recall {recall}; AUC {auc}"
+    )
+    print(f"  minus majority {_difference(baselines['model_minus_majority'])}")
+    if "source_only" in baselines:
+        print(
+            f"  source-only baseline {baselines['source_only']['balanced_accuracy']:.3f}; "
+            f"minus it {_difference(baselines['model_minus_source_only'])}"
+        )
+    for source, entry in report.get("subgroups", {}).get("source", {}).items():
+        recalls = ", ".join(f"{c} {v:.2f}" for c, v in entry["recall"].items() if v is not None)
+        print(f"  source {source} ({entry['images']}): balanced {_ci(entry)}; recall {recalls}")
+    audit = result["audit"]
+    if audit:
+        print(f"  audit: {json.dumps(audit.get('verdict', audit.get('occlusion', {})))[:300]}")
+    for name, entry in result["external"].items():
+        recalls = ", ".join(f"{c} {v['recall']:.2f}" for c, v in entry["per_class"].items())
+        print(f"  external {name}: {entry['images']} images, balanced {_ci(entry)}; {recalls}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="a source folder (cxrmix)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--external", type=Path, nargs="*", default=[], help="scored folders")
+    parser.add_argument("--json", type=Path, help="also write every seed's results here")
+    args = parser.parse_args()
+    command = [
+        word.replace("<folder>", str(args.data.resolve())) for word in readme_recipe()
+    ]
+    if args.external:
+        folders = ",".join(str(p.resolve()) for p in args.external)
+        command += ["-S", f"evaluate.external=[{folders}]"]
+    print("running:", shlex.join(command), "-S train.seed=<seed>", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="cxr-recipe-") as scratch:
+        project = copy_project(Path(scratch) / "project")
+        for seed in args.seeds:
+            minutes, stdout = run_seed(project, command, seed)
+            results[seed] = {"minutes": minutes, **summary(project)}
+            print_seed(seed, minutes, stdout, results[seed])
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

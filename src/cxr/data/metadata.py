@@ -1,0 +1,38 @@
+"""The source's per-image metadata (data/metadata.csv: patient, source, age, sex, view, ...)
+looked up for the images of a split, for subgroup results, the source-only baseline and the
+shortcut audit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+# Written by the download stage beside the metadata columns; never a subgroup or feature.
+BOOKKEEPING = ("file", "source_file")
+
+
+def read_metadata(path: Path) -> pd.DataFrame:
+    """data/metadata.csv indexed by `<Class>/<name>` (every value a string, "" where the
+    source gives none); an empty frame when the file is absent or has no rows."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame(index=pd.Index([], name="file"))
+    frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+    if "file" not in frame.columns:
+        return pd.DataFrame(index=pd.Index([], name="file"))
+    return frame.drop_duplicates("file").set_index("file")
+
+
+def image_key(path: Path | str) -> str:
+    """`<Class>/<name>`: how metadata.csv names an image of any split folder."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}"
+
+
+def metadata_for(files: Sequence[Path | str], metadata: pd.DataFrame) -> pd.DataFrame:
+    """One row per file, in order, with the metadata columns ("" where an image has none)."""
+    columns = [c for c in metadata.columns if c not in BOOKKEEPING]
+    keys = [image_key(f) for f in files]
+    rows = metadata.reindex(keys)[columns] if columns else pd.DataFrame(index=keys)
+    return rows.fillna("").reset_index(drop=True)
