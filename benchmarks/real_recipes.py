@@ -117,6 +117,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "top_2_blocks": {**HEAD, "train.finetune": "top", "train.top_blocks": 2, "lr": 0.001},
     "top_2_blocks_lr_0.003": {**HEAD, "train.finetune": "top", "train.top_blocks": 2},
     "top_3_blocks": {**HEAD, "train.finetune": "top", "train.top_blocks": 3, "lr": 0.001},
+    "top_3_blocks_lr_0.003": {**HEAD, "train.finetune": "top", "train.top_blocks": 3},
     "top_2_blocks_288px": {
         **HEAD,
         "train.finetune": "top",

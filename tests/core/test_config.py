@@ -68,6 +68,14 @@ def test_every_stage_declares_exactly_the_params_groups_it_reads() -> None:
         "gradcam": {"gradcam", *RUNTIME},
         "embed": {"embeddings", "evaluate.batch_size", *RUNTIME},
         "defer": {"deferral", "evaluate.batch_size", *RUNTIME},
+        "audit": {
+            "audit",
+            "evaluate.batch_size",
+            "evaluate.bootstrap_resamples",
+            "evaluate.confidence",
+            "evaluate.seed",
+            *RUNTIME,
+        },
     }
 
 

@@ -180,7 +180,7 @@ def lock_outs(project: Path) -> dict[str, str]:
 
 
 # The pipeline's stages in the order `dvc repro` runs them, and those a new model re-runs.
-AFTER_TRAIN = ["train", "evaluate", "gradcam", "embed", "defer"]
+AFTER_TRAIN = ["train", "evaluate", "gradcam", "embed", "defer", "audit"]
 STAGES = ["params", "download", "split", "augment", *AFTER_TRAIN]
 
 

@@ -25,6 +25,9 @@ SMALL = {
     "train.batch_augment.enabled": False,
     "train.epochs": 3,
     "lr": 0.003,
+    "gradcam.faithfulness.images": 3,
+    "gradcam.lime.num_samples": 30,
+    "audit.probe_folds": 3,
 }
 
 
@@ -38,7 +41,7 @@ def test_leave_hannover_out_and_score_it_as_an_external_folder(
         project,
         {**SMALL, "data.source": str(train_on), "evaluate.external": [str(held_out)]},
     )
-    done = run(["dvc", "repro", "evaluate"], project)
+    done = run(["dvc", "repro", "evaluate", "audit"], project)
     assert "class and source are confounded" in done.stdout
     assert "source-only baseline" in done.stdout
     report = json.loads((project / "reports/eval.json").read_text())
@@ -56,3 +59,23 @@ def test_leave_hannover_out_and_score_it_as_an_external_folder(
     recall = external["per_class"]["COVID"]["recall"]
     assert 0.0 <= recall <= 1.0
     print(f"cxrmix leave-Hannover-out (64 px, 3 epochs): Hannover COVID recall {recall:.3f}")
+    # the audit: occlusion with the lung masks of the cxr3 images and the box elsewhere, and
+    # the probes, with the source probe far above chance on data whose sources differ
+    audit = json.loads((project / "reports/audit.json").read_text())
+    occlusion = audit["occlusion"]
+    assert occlusion["lung_masks"] > 0 and occlusion["lung_boxes"] > 0
+    assert occlusion["lung_masks"] + occlusion["lung_boxes"] == report["test_images"]
+    assert occlusion["intact"]["balanced_accuracy"] == pytest.approx(
+        report["balanced_accuracy"], abs=1e-6
+    )  # the same model on the same images as the evaluate stage
+    assert occlusion["verdict"] in ("shortcut", "inconclusive", "no_evidence")
+    assert "audit: " in done.stdout
+    source = audit["probes"]["source"]
+    assert set(source["values"]) == {"actualmed", "ieee8023", "nih-cxr14"}
+    assert source["balanced_accuracy"] > source["chance"] + 0.2
+    assert "nih-cxr14" in audit["probes"]["class_within_source"]  # Normal vs Pneumonia
+    headline = json.loads((project / "metrics/audit.json").read_text())
+    assert (
+        headline["lungs_hidden_balanced_accuracy"] == occlusion["lungs_hidden"]["balanced_accuracy"]
+    )
+    print("cxrmix audit (64 px):", json.dumps(headline))

@@ -447,6 +447,28 @@ class DeferralConfig:
 
 
 @dataclass(config=_STRICT)
+class AuditConfig:
+    """The shortcut audit (cxr.evaluation.audit): occlusion of the lung field and probes."""
+
+    # The lung field of an image without a lung mask: x0, y0, x1, y1 as fractions of the side.
+    box: tuple[float, float, float, float] = (0.12, 0.1, 0.88, 0.9)
+    fill: Literal["black", "mean"] = "black"  # what hidden pixels become
+    probe_folds: int = Field(5, ge=2)  # patient-grouped folds of the embedding probes
+    probe_c: float = Field(1.0, gt=0.0)  # inverse L2 strength of the probes' regression
+    seed: int = 0
+
+    @field_validator("box")
+    @classmethod
+    def _inside_the_image(
+        cls, value: tuple[float, float, float, float]
+    ) -> tuple[float, float, float, float]:
+        x0, y0, x1, y1 = value
+        if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+            raise ValueError("must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1")
+        return value
+
+
+@dataclass(config=_STRICT)
 class TrackingConfig:
     experiment: str = "cxr-classification"
     # false: an unreachable tracking server only warns, and the pipeline runs untracked.
@@ -467,6 +489,7 @@ class Params:
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     deferral: DeferralConfig = Field(default_factory=DeferralConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 

@@ -64,6 +64,11 @@ DEFERRAL_METRICS = METRICS / "deferral.json"
 DEFERRAL_REPORT = REPORTS / "deferral.json"
 # The threshold cxr-predict applies: beside the model it belongs to (its sha256 inside).
 DEFERRAL_RULE = Path("models/deferral.json")
+# Stage `audit` (cxr.evaluation.audit): occlusion of the lung field, embedding probes.
+AUDIT_REPORT = REPORTS / "audit.json"
+AUDIT_METRICS = METRICS / "audit.json"
+AUDIT_PLOT = PLOTS / "audit.csv"  # condition, class, bar, value
+AUDIT_FIGURE = PLOTS / "audit.png"
 
 
 # Where DVC runs queued and `--temp` experiments: a temporary git clone at

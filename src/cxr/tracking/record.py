@@ -42,7 +42,7 @@ DATA_FOLDER, TRAINING_FOLDER, EVALUATION_FOLDER, GRADCAM_FOLDER = (
     "evaluation",
     "gradcam",
 )
-EMBEDDINGS_FOLDER, DEFERRAL_FOLDER = "embeddings", "deferral"
+EMBEDDINGS_FOLDER, DEFERRAL_FOLDER, AUDIT_FOLDER = "embeddings", "deferral", "audit"
 
 
 def epoch_metric_name(key: str) -> str:
@@ -181,6 +181,7 @@ STAGE_REPORTS = {
     "evaluate": (layout.EVAL_REPORT, "test"),
     "gradcam": (layout.GRADCAM_REPORT, "test/gradcam"),
     "defer": (layout.DEFERRAL_REPORT, "deferral"),
+    "audit": (layout.AUDIT_METRICS, "audit"),
 }
 STAGE_ARTIFACTS = {
     "download": (
@@ -208,6 +209,7 @@ STAGE_ARTIFACTS = {
     "gradcam": (GRADCAM_FOLDER, (layout.GRADCAM_REPORT,)),
     "embed": (EMBEDDINGS_FOLDER, (layout.EMBEDDINGS, layout.EMBEDDINGS_REPORT)),
     "defer": (DEFERRAL_FOLDER, (layout.DEFERRAL_REPORT, layout.RISK_COVERAGE)),
+    "audit": (AUDIT_FOLDER, (layout.AUDIT_REPORT, layout.AUDIT_PLOT)),
 }
 
 

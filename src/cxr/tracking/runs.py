@@ -34,7 +34,17 @@ from cxr.core.urls import redact, strip_userinfo
 from cxr.tracking.logger import PipelineRun
 from cxr.tracking.record import record_stage
 
-STAGES = ("download", "split", "augment", "train", "evaluate", "gradcam", "embed", "defer")
+STAGES = (
+    "download",
+    "split",
+    "augment",
+    "train",
+    "evaluate",
+    "gradcam",
+    "embed",
+    "defer",
+    "audit",
+)
 
 TAG_PARAMS_HASH = "cxr.params_hash"
 TAG_DVC_EXP = "cxr.dvc_exp"
