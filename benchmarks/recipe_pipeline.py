@@ -131,7 +131,15 @@ def print_seed(seed: int, minutes: float, stdout: str, result: dict) -> None:
         print(f"  source {source} ({entry['images']}): balanced {_ci(entry)}; recall {recalls}")
     audit = result["audit"]
     if audit:
-        print(f"  audit: {json.dumps(audit.get('verdict', audit.get('occlusion', {})))[:300]}")
+        occlusion = audit["occlusion"]
+        shown = {
+            c: occlusion[c]["balanced_accuracy"] for c in ("intact", "lungs_hidden", "lungs_only")
+        }
+        print(
+            f"  audit: {occlusion['verdict']}, balanced accuracy {shown}, lungs hidden CI "
+            f"{occlusion['lungs_hidden']['balanced_accuracy_ci']}"
+        )
+        print(f"  audit probes: {json.dumps(audit['probes'])[:600]}")
     for name, entry in result["external"].items():
         recalls = ", ".join(f"{c} {v['recall']:.2f}" for c, v in entry["per_class"].items())
         print(f"  external {name}: {entry['images']} images, balanced {_ci(entry)}; {recalls}")
@@ -143,13 +151,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--external", type=Path, nargs="*", default=[], help="scored folders")
     parser.add_argument("--json", type=Path, help="also write every seed's results here")
+    parser.add_argument("--set", nargs="*", default=[], help="more key=value params (-S)")
+    parser.add_argument(
+        "--stages", nargs="*", default=[], help="run only up to these stages (default: all)"
+    )
     args = parser.parse_args()
-    command = [
-        word.replace("<folder>", str(args.data.resolve())) for word in readme_recipe()
-    ]
+    command = [word.replace("<folder>", str(args.data.resolve())) for word in readme_recipe()]
     if args.external:
         folders = ",".join(str(p.resolve()) for p in args.external)
         command += ["-S", f"evaluate.external=[{folders}]"]
+    for setting in args.set:
+        command += ["-S", setting]
+    command += args.stages
     print("running:", shlex.join(command), "-S train.seed=<seed>", flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="cxr-recipe-") as scratch:

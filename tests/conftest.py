@@ -84,7 +84,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project copy with tiny val/test splits, an untrained checkpoint, and the evaluate,
-    gradcam, embed and defer stages run in it (real MLflow SQLite store in the copy). Shared
+    gradcam, embed, defer and audit stages run in it (real MLflow SQLite store in the copy). Shared
     by the evaluation, explanation, DVC plots and MLflow page tests; none may change it."""
     import torch
 
@@ -102,13 +102,18 @@ def evaluated_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         params.read_text().replace("bootstrap_resamples: 1000", "bootstrap_resamples: 50")
     )
     # LIME scores one perturbed copy per sample and image: a few images, few samples
-    set_params(project_copy, {"gradcam.faithfulness.images": 6, "gradcam.lime.num_samples": 60})
-    for stage in ("evaluate", "gradcam", "embed", "defer"):
+    set_params(
+        project_copy,
+        {"gradcam.faithfulness.images": 6, "gradcam.lime.num_samples": 60, "audit.probe_folds": 3},
+    )
+    for stage in ("evaluate", "gradcam", "embed", "defer", "audit"):
         done = run([sys.executable, f"stages/{stage}.py"], project_copy)
         (project_copy / f"{stage}.log").write_text(done.stdout)
     # Record the outputs as DVC would after `dvc repro` (dvc plots reads a directory output
     # through the cache).
-    run(["dvc", "commit", "--force", "evaluate", "gradcam", "embed", "defer"], project_copy)
+    run(
+        ["dvc", "commit", "--force", "evaluate", "gradcam", "embed", "defer", "audit"], project_copy
+    )
     return project_copy
 
 

@@ -362,7 +362,9 @@ class EvaluateConfig:
 class LimeConfig:
     """LIME (Ribeiro et al., 2016) beside Grad-CAM: superpixels switched off at random."""
 
-    num_samples: int = Field(300, ge=10)  # perturbed copies scored per image explained
+    # perturbed copies scored per image explained (one forward pass each; 200: within LIME's
+    # seed noise of 300, benchmarks/explanation_cost.py)
+    num_samples: int = Field(200, ge=10)
     segments: int = Field(40, ge=2)  # SLIC superpixels per image (the features LIME weighs)
     images_per_class: int = Field(1, ge=0)  # method figures per class and outcome
 

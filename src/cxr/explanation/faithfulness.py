@@ -7,14 +7,17 @@ seeded: LIME's superpixels tie whole regions, and a scan-order tie-break would r
 rows first). Deletion sets the top 0, 1/steps, ..., all of the pixels to black (0) and follows
 the class probability: a map that found what the model uses makes it fall fast (low AUC).
 Insertion starts from a blurred copy and puts the top pixels back: the probability should
-rise fast (high AUC). AUC is the trapezoid area over the fraction of pixels, in [0, 1]. Each
+rise fast (high AUC). AUC is the trapezoid area over the fraction of pixels, in [0, 1]. All
+methods' steps of an image (and of as many images as fill a batch) go through the model
+together, from one blurred copy per image (`curves`, cxr.explanation.scoring). Each
 method's mean over the scored test images comes with a seeded percentile bootstrap interval,
 and its lead over the random map with a paired one (same resampled images).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +26,11 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
+from cxr.core.progress import progress
 from cxr.core.registry import Registry
 from cxr.explanation.gradcam import METHODS, compute_cams
 from cxr.explanation.lime_explain import lime_maps
-from cxr.training.inference import Normalize, predict_logits
+from cxr.explanation.scoring import Scorer, batch_size_for
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def _lime(ctx: Explainers, pixels: torch.Tensor, targets: np.ndarray) -> np.ndar
         ctx.lime_segments,
         ctx.seed,
         ctx.device,
-        desc="lime",
+        desc="gradcam: LIME",
     )
 
 
@@ -118,23 +122,36 @@ def pixel_order(saliency: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.lexsort((rng.random(flat.size), -flat))
 
 
+def blurred_copy(image: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """A uint8 (H, W) image as float64 in [0, 1] and its Gaussian-blurred copy (insertion's
+    starting point)."""
+    original = image.astype(np.float64) / 255.0
+    return original, gaussian_filter(original, sigma, mode="nearest")
+
+
+def step_counts(pixels: int, steps: int) -> np.ndarray:
+    """Pixels removed (or inserted) at each of the steps + 1 points 0, 1/steps, ..., 1."""
+    return np.rint(np.linspace(0, pixels, steps + 1)).astype(int)
+
+
+def _series(
+    original: np.ndarray, blurred: np.ndarray, order: np.ndarray, steps: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deletion and insertion series (steps + 1, H, W) in the dtype of `original`."""
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    # removed[k]: the top counts[k] pixels of `order`
+    removed = rank.reshape(1, *original.shape) < step_counts(order.size, steps)[:, None, None]
+    zero = np.zeros((), dtype=original.dtype)
+    return np.where(removed, zero, original), np.where(removed, original, blurred)
+
+
 def perturbation_series(
     image: np.ndarray, order: np.ndarray, steps: int, blur_sigma: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(steps + 1, H, W) float images in [0, 1] for deletion (top pixels set to 0) and for
     insertion (top pixels of the original over a blurred copy), at 0, 1/steps, ..., 1."""
-    original = image.astype(np.float64) / 255.0
-    blurred = gaussian_filter(original, blur_sigma, mode="nearest")
-    counts = np.rint(np.linspace(0, order.size, steps + 1)).astype(int)
-    deletion = np.empty((steps + 1, *image.shape))
-    insertion = np.empty((steps + 1, *image.shape))
-    for k, n in enumerate(counts):
-        removed = np.zeros(order.size, dtype=bool)
-        removed[order[:n]] = True
-        removed = removed.reshape(image.shape)
-        deletion[k] = np.where(removed, 0.0, original)
-        insertion[k] = np.where(removed, original, blurred)
-    return deletion, insertion
+    return _series(*blurred_copy(image, blur_sigma), order, steps)
 
 
 def area(curve: np.ndarray) -> float:
@@ -142,14 +159,65 @@ def area(curve: np.ndarray) -> float:
     return float(np.trapezoid(curve, dx=1.0 / (len(curve) - 1)))
 
 
-@torch.no_grad()
-def class_probability(
-    model: nn.Module, arch: str, images: np.ndarray, target: int, device: torch.device
-) -> np.ndarray:
-    """p(target) for float (n, H, W) images in [0, 1], through the model's normalisation."""
-    inputs = torch.from_numpy(images[:, None].astype(np.float32)).to(device)
-    logits = model(Normalize(arch).to(device)(inputs)).float()
-    return logits.softmax(1)[:, target].cpu().numpy()
+def curves(
+    model: nn.Module,
+    arch: str,
+    pixels: torch.Tensor,
+    saliency: dict[str, np.ndarray],
+    targets: np.ndarray,
+    steps: int,
+    seed: int,
+    device: torch.device,
+    batch_size: int | None = None,
+    desc: str = "",
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per method of `saliency` (name → (N, H, W) maps): the (N, steps + 1) deletion and
+    insertion curves of p(`targets`) on uint8 (N, 1, H, W) `pixels`.
+
+    Each image is scored once for what every method shares (the image itself: deletion's
+    start and insertion's end; black: deletion's end; the blurred copy: insertion's start),
+    then each method's steps in between; all of an image's (and of as many images as one
+    batch needs) go through the model in the same forward passes. Each method's ties are
+    broken by its own generator seeded `seed`, drawn image after image: an image's curves do
+    not depend on the other methods scored with it.
+    """
+    model.eval()
+    scorer = Scorer(model, arch, device, batch_size)
+    names = list(saliency)
+    rngs = {name: np.random.default_rng(seed) for name in names}
+    size = pixels.shape[-1]
+    inner = steps - 1  # steps strictly between the shared ends
+    per_image = 3 + len(names) * 2 * inner
+    chunk = scorer.batch_size or batch_size_for(device, pixels.shape[-2] * size)
+    group = max(1, -(-chunk // per_image))
+    found = {name: np.zeros((len(pixels), 2, steps + 1), np.float32) for name in names}
+    starts: Iterable[int] = range(0, len(pixels), group)
+    if desc:
+        unit = "images" if group == 1 else f"groups of {group} images"
+        starts = progress(starts, desc, total=-(-len(pixels) // group), unit=unit)
+    for start in starts:
+        rows = range(start, min(start + group, len(pixels)))
+        series = []
+        for i in rows:
+            # float32 casts of the float64 images: the inputs the model always received
+            original, blurred = (
+                a.astype(np.float32) for a in blurred_copy(pixels[i, 0].numpy(), size / 20)
+            )
+            series.append(np.stack([original, np.zeros_like(original), blurred]))
+            for name in names:
+                order = pixel_order(saliency[name][i], rngs[name])
+                deletion, insertion = _series(original, blurred, order, steps)
+                series += [deletion[1:steps], insertion[1:steps]]
+        probabilities = scorer(np.concatenate(series)).reshape(len(rows), per_image, -1)
+        for k, i in enumerate(rows):
+            p = probabilities[k, :, int(targets[i])]
+            shared, own = p[:3], p[3:].reshape(len(names), 2, inner)
+            for m, name in enumerate(names):
+                curve = found[name][i]
+                curve[0, 0], curve[0, steps] = shared[0], shared[1]  # image ... black
+                curve[1, 0], curve[1, steps] = shared[2], shared[0]  # blurred ... image
+                curve[:, 1:steps] = own[m]
+    return {name: (value[:, 0], value[:, 1]) for name, value in found.items()}
 
 
 def deletion_insertion(
@@ -161,18 +229,17 @@ def deletion_insertion(
     steps: int,
     seed: int,
     device: torch.device,
+    batch_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per image: (deletion AUC, insertion AUC) of `saliency` for class `targets`."""
-    model.eval()
-    rng = np.random.default_rng(seed)
-    size = pixels.shape[-1]
-    deletions, insertions = [], []
-    for i in range(len(pixels)):
-        order = pixel_order(saliency[i], rng)
-        deleted, inserted = perturbation_series(pixels[i, 0].numpy(), order, steps, size / 20)
-        deletions.append(area(class_probability(model, arch, deleted, int(targets[i]), device)))
-        insertions.append(area(class_probability(model, arch, inserted, int(targets[i]), device)))
-    return np.array(deletions), np.array(insertions)
+    found = curves(model, arch, pixels, {"map": saliency}, targets, steps, seed, device, batch_size)
+    deletion, insertion = found["map"]
+    return aucs(deletion), aucs(insertion)
+
+
+def aucs(values: np.ndarray) -> np.ndarray:
+    """Trapezoid areas of (N, steps + 1) curves (see `area`)."""
+    return np.array([area(curve) for curve in values])
 
 
 def report_key(name: str) -> str:
@@ -246,15 +313,38 @@ def score_methods(
     pixels: torch.Tensor,
     methods: tuple[str, ...],
     steps: int,
+    targets: np.ndarray | None = None,
+    known: dict[str, np.ndarray] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """Each method's maps of the predicted class and its per-image (deletion, insertion) AUCs
-    on `pixels`; also the predicted classes."""
-    targets = predict_logits(ctx.model, ctx.arch, pixels, 64, ctx.device).argmax(1).numpy()
+    on `pixels`; also the predicted classes. `targets`: the predicted classes where already
+    known, `known`: maps of them already computed (method name → (N, H, W)), not computed
+    again. `timings` (if given) gets the seconds spent on each method's maps and on the
+    curves (key `faithfulness`)."""
+    timings = {} if timings is None else timings
+    if targets is None:
+        targets = Scorer(ctx.model, ctx.arch, ctx.device)(pixels).argmax(1)
+    known = known or {}
     maps: dict[str, np.ndarray] = {}
-    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in methods:
-        maps[name] = SALIENCY[name].maps(ctx, pixels, targets)
-        scores[name] = deletion_insertion(
-            ctx.model, ctx.arch, pixels, maps[name], targets, steps, ctx.seed, ctx.device
-        )
+        start = time.perf_counter()
+        maps[name] = known[name] if name in known else SALIENCY[name].maps(ctx, pixels, targets)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    start = time.perf_counter()
+    found = curves(
+        ctx.model,
+        ctx.arch,
+        pixels,
+        maps,
+        targets,
+        steps,
+        ctx.seed,
+        ctx.device,
+        desc="gradcam: faithfulness",
+    )
+    scores = {
+        name: (aucs(deletion), aucs(insertion)) for name, (deletion, insertion) in found.items()
+    }
+    timings["faithfulness"] = timings.get("faithfulness", 0.0) + time.perf_counter() - start
     return maps, scores, targets

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cxr.core.fsio import atomic_dir, save_figure
+from cxr.core.progress import progress
 
 # Grad-CAM display: a perceptually uniform colour map whose opacity follows the map, so
 # low-evidence regions show the X-ray itself instead of a tint (jet at a fixed alpha tinted
@@ -175,16 +176,19 @@ def write_gradcam_overlays(
     classes: tuple[str, ...],
     per_class: int,
     alpha: float,
+    desc: str = "",
 ) -> dict[str, int]:
     """`folder`/overlays/<Class>/{correct,wrong}/<image>.png: up to `per_class` figures of the
     predicted class's map per class and outcome, and one grid of them each
     (`folder`/grids/<Class>_{correct,wrong}.png; none for an outcome without images). Images
-    are read from `files` at display size. Returns the number of images drawn per grid."""
+    are read from `files` at display size. Returns the number of images drawn per grid
+    (progress by class under `desc`, if given)."""
     correct = probabilities.argmax(1) == labels
     drawn: dict[str, int] = {}
     with atomic_dir(folder) as out:
         grid_out, overlay_out = out / GRIDS, out / OVERLAYS
-        for k, name in enumerate(classes):
+        rows = list(enumerate(classes))
+        for k, name in progress(rows, desc, unit="classes") if desc else rows:
             in_class = int((labels == k).sum())
             for outcome, wanted in zip(GRADCAM_OUTCOMES, (True, False), strict=True):
                 chosen = np.flatnonzero((labels == k) & (correct == wanted))

@@ -29,6 +29,7 @@ from torch import nn
 
 from cxr.core.errors import ConfigError
 from cxr.core.registry import Registry
+from cxr.explanation.scoring import batch_size_for, fast_layout
 from cxr.training.inference import normalized_batches
 from cxr.training.models import MODELS
 
@@ -90,7 +91,7 @@ class GradCAM:
         range; else the raw ReLU(Σ α_k A_k), comparable across the classes of one image."""
         self.model.eval()
         with torch.enable_grad():
-            logits = self.model(inputs)
+            logits = self.model(fast_layout(inputs))
             if class_index is None:
                 class_index = logits.argmax(1)
             self.model.zero_grad(set_to_none=True)
@@ -176,12 +177,14 @@ def compute_cams(
     class_index: torch.Tensor | None,
     device: torch.device,
     arch: str,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     desc: str = "",
     relative: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps (N, S, S) and probabilities (N, C) for a uint8 pixel store, in batches
-    (progress shown under `desc`, if given); `relative` as for `GradCAM.__call__`."""
+    (default: the size the device runs fastest, cxr.explanation.scoring; progress shown under
+    `desc`, if given); `relative` as for `GradCAM.__call__`."""
+    batch_size = batch_size or batch_size_for(device, pixels.shape[-2] * pixels.shape[-1])
     cams, probabilities = [], []
     for index, inputs in normalized_batches(pixels, arch, batch_size, device, desc):
         target = None if class_index is None else class_index[index]

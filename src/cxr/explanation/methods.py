@@ -10,6 +10,7 @@ map is scaled to its own maximum of positive evidence.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +42,41 @@ def explain_and_score(
     device: torch.device,
     folder: Path,
     resamples: int = 1000,
+    predicted: np.ndarray | None = None,
+    known: dict[str, np.ndarray] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Score `cfg.faithfulness.methods` on up to `cfg.faithfulness.images` test images, draw
     up to `cfg.lime.images_per_class` of them per class and outcome into `folder`, and return
-    the faithfulness report (empty when `images` is 0)."""
+    the faithfulness report (empty when `images` is 0).
+
+    `predicted` (the predicted class of every test image) and `known` (method name → its maps
+    of those classes for every test image) are used instead of computing them again where
+    given; `timings` (if given) gets the seconds of each method's maps, of the curves
+    (`faithfulness`) and of the figures (`method figures`)."""
     fcfg, lcfg = cfg.faithfulness, cfg.lime
     labels = test.labels.numpy()
     chosen = pick_images(labels, fcfg.images, fcfg.seed)
     if not len(chosen):
         return {}
+    timings = {} if timings is None else timings
     ctx = Explainers(model, arch, layer, device, lcfg.num_samples, lcfg.segments, fcfg.seed)
     pixels = test.pixels[torch.from_numpy(chosen)]
-    maps, scores, predicted = score_methods(ctx, pixels, fcfg.methods, fcfg.steps)
+    maps, scores, predicted = score_methods(
+        ctx,
+        pixels,
+        fcfg.methods,
+        fcfg.steps,
+        None if predicted is None else np.asarray(predicted)[chosen],
+        {name: value[chosen] for name, value in (known or {}).items()},
+        timings,
+    )
     report = faithfulness_report(scores, resamples, seed=fcfg.seed)
     report["steps"] = fcfg.steps
     report["files"] = [test.files[i].name for i in chosen]
     shown = [name for name in fcfg.methods if not SALIENCY[name].reference]
     if lcfg.images_per_class and shown:
+        start = time.perf_counter()
         write_method_grids(
             folder,
             [test.files[i] for i in chosen],
@@ -68,6 +87,7 @@ def explain_and_score(
             test.classes,
             lcfg.images_per_class,
         )
+        timings["method figures"] = time.perf_counter() - start
     return report
 
 
