@@ -92,6 +92,7 @@ def test_exp_show_lists_only_model_metrics(project: Path) -> None:
         "metrics/eval.json",
         "metrics/gradcam.json",
         "metrics/deferral.json",
+        "metrics/audit.json",
     }
     assert not any(
         column.startswith(("splits.", "classes.", "before.", "after.", "masks."))
