@@ -41,13 +41,28 @@ def _mark_type(layer: dict) -> str | None:
     return mark.get("type") if isinstance(mark, dict) else mark
 
 
+def assert_numeric_order(layer: dict) -> None:
+    """The line is ordered by `point` converted to a number in the template (DVC passes it as
+    a string, which would order 10 before 2)."""
+    calculate = {"calculate": "toNumber(datum.point)", "as": "point_number"}
+    assert calculate in layer.get("transform", []), layer.get("transform")
+    assert layer["encoding"]["order"]["field"] == "point_number"
+
+
 def test_roc_and_pr_are_one_chart_each_with_a_line_per_class_labelled_with_its_area(specs):
     roc = spec(specs, "plots/roc.csv")
     line = layer_with(roc, "line")
     # Straight segments between operating points, no smoothing; ordered along the curve.
     assert line["mark"]["interpolate"] == "linear"
-    assert line["encoding"]["order"]["field"] == "point"
+    assert_numeric_order(line)
     assert line["encoding"]["color"]["field"] == "curve"
+    # DVC hands every value over as a string: in text order "10" comes before "2" and the
+    # line would jump back and forth; in the template's numeric order each class's ROC runs
+    # with a non-decreasing false positive rate.
+    for name in {row["class"] for row in roc["data"]["values"]}:
+        rows = [row for row in roc["data"]["values"] if row["class"] == name]
+        fpr = [float(r["fpr"]) for r in sorted(rows, key=lambda r: float(r["point"]))]
+        assert fpr == sorted(fpr)
     diagonal = layer_with(roc, "rule")["encoding"]
     assert (diagonal["x"], diagonal["y"], diagonal["x2"], diagonal["y2"]) == (
         {"datum": 0},
@@ -62,6 +77,7 @@ def test_roc_and_pr_are_one_chart_each_with_a_line_per_class_labelled_with_its_a
 
     pr = spec(specs, "plots/precision_recall.csv")
     assert pr["mark"]["interpolate"] == "step-before"  # AP is the area under these steps
+    assert_numeric_order(pr)
     assert all(" · AP " in row["curve"] for row in pr["data"]["values"])
 
 
@@ -125,7 +141,8 @@ def test_embedding_and_risk_coverage_charts(specs):
     assert embedding["shape"]["scale"]["range"] == ["circle", "cross"]
     risk = spec(specs, "plots/risk_coverage.csv")
     line = layer_with(risk, "line")["encoding"]
-    assert line["color"]["field"] == "curve" and line["order"]["field"] == "point"
+    assert line["color"]["field"] == "curve"
+    assert_numeric_order(layer_with(risk, "line"))
     curves = {row["curve"] for row in risk["data"]["values"]}
     assert any(c.startswith("test · AURC ") for c in curves)
     assert any(c.startswith("target risk ") for c in curves)
