@@ -101,9 +101,11 @@ def test_exp_show_lists_only_model_metrics(project: Path) -> None:
     metric_columns = [column for column in table if column in _leaves(project, files)]
     assert 0 < len(metric_columns) <= 37, metric_columns
     # was 232; 202 with issue 14's params (preprocess, embeddings, deferral, LIME and
-    # faithfulness) and stages (embed, defer): params and dependencies (52 of them code files,
-    # as dvc.yaml lists each stage's import closure) make up the rest
-    assert len(table) < 215, len(table)
+    # faithfulness) and stages (embed, defer); 224 with issue 22's (data.metadata,
+    # evaluate.subgroups/age_bands/external, train.top_blocks, five audit.* keys) and its audit
+    # stage: params and dependencies (67 of them code files, as dvc.yaml lists each stage's
+    # import closure) make up the rest. The readable view is `--only-changed` (≤ 40: test_experiments).
+    assert len(table) < 235, len(table)
 
 
 def _leaves(project: Path, files: set[str]) -> set[str]:
