@@ -64,7 +64,7 @@ def run_seed(project: Path, command: list[str], seed: int) -> tuple[float, str]:
         cwd=project,
         stdout=subprocess.PIPE,
         text=True,
-        env={**_env(), "PYTHONUNBUFFERED": "1"},
+        env={**_env(project), "PYTHONUNBUFFERED": "1"},
     )
     minutes = (time.perf_counter() - start) / 60
     if done.returncode != 0:
@@ -73,11 +73,15 @@ def run_seed(project: Path, command: list[str], seed: int) -> tuple[float, str]:
     return minutes, done.stdout
 
 
-def _env() -> dict[str, str]:
+def _env(project: Path) -> dict[str, str]:
+    """This interpreter's tools on PATH, and the copy's own package first on the import path:
+    an editable install would otherwise run the working tree's code, edits made since the copy
+    included."""
     import os
 
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project / "src"), env.get("PYTHONPATH")]))
     return env
 
 
