@@ -111,6 +111,7 @@ def summary(project: Path) -> dict:
         "external": _read(project, "reports/external.json"),
         "train": _read(project, "metrics/train.json"),
         "gradcam": _read(project, "metrics/gradcam.json"),
+        "deferral": _read(project, "reports/deferral.json"),
     }
 
 
@@ -144,6 +145,19 @@ def print_seed(seed: int, minutes: float, stdout: str, result: dict) -> None:
             f"{occlusion['lungs_hidden']['balanced_accuracy_ci']}"
         )
         print(f"  audit probes: {json.dumps(audit['probes'])[:600]}")
+    sets = result["deferral"].get("conformal")
+    if sets:
+        test = sets["test"]
+        per_class = ", ".join(
+            f"{c} {v['coverage']:.2f} (size {v['mean_set_size']:.2f})"
+            for c, v in test["per_class"].items()
+        )
+        print(
+            f"  conformal {sets['method']} alpha {sets['alpha']}: coverage {test['coverage']:.3f} "
+            f"[{test['coverage_ci']['low']:.3f}, {test['coverage_ci']['high']:.3f}], mean size "
+            f"{test['mean_set_size']:.2f}, singletons {test['singleton']:.2f}, full "
+            f"{test['full']:.2f}; per class {per_class}"
+        )
     for name, entry in result["external"].items():
         recalls = ", ".join(f"{c} {v['recall']:.2f}" for c, v in entry["per_class"].items())
         print(f"  external {name}: {entry['images']} images, balanced {_ci(entry)}; {recalls}")

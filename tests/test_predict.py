@@ -216,6 +216,57 @@ def test_deferral_rule_beside_the_model_marks_refer_and_accept(
     assert predict_in_process(capsys, images[0], "--model", model, "--no-deferral")[0] == 0
 
 
+def test_conformal_sets_in_the_rule_are_printed_beside_each_prediction(
+    real_images, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    from cxr.core.fsio import sha256_file
+    from cxr.evaluation.calibration import scale_probabilities
+
+    model = tmp_path / "model.pt"
+    torch.manual_seed(2)
+    card = ModelCard("resnet18", CLASSES, image_size=48, weights="none", epoch=1)
+    save_checkpoint(model, build_model("resnet18", len(CLASSES)), card)
+    images = real_images[:5]
+    plain = json.loads(predict_in_process(capsys, *images, "--model", model, "--json")[1])
+    probabilities = scale_probabilities(
+        np.array([list(r["probabilities"].values()) for r in plain]), 1.5
+    )
+    # a calibration set whose LAC quantile falls among these images' scores
+    rng = np.random.default_rng(0)
+    labels = np.zeros(40, dtype=int)
+    first = rng.uniform(probabilities.min(), probabilities.max(), 40)
+    cal = np.column_stack([first, *[(1 - first) / (len(CLASSES) - 1)] * (len(CLASSES) - 1)])
+    scores = np.sort(1 - cal[np.arange(40), labels])
+    q = scores[int(np.ceil(41 * 0.9)) - 1]  # brute-force split-conformal quantile, alpha 0.1
+    expected = [
+        [c for c, p in zip(CLASSES, row, strict=True) if 1 - p <= q] for row in probabilities
+    ]
+    conformal = {
+        "method": "lac",
+        "alpha": 0.1,
+        "mondrian": False,
+        "seed": 0,
+        "calibration_labels": labels.tolist(),
+        "calibration_probabilities": cal.tolist(),
+    }
+    rule = {"threshold": 0.5, "temperature": 1.5, "model_sha256": sha256_file(model)}
+    (tmp_path / "deferral.json").write_text(json.dumps(rule | {"conformal": conformal}))
+    shown = json.loads(predict_in_process(capsys, *images, "--model", model, "--json")[1])
+    assert [r["set"] for r in shown] == expected
+    assert len({len(e) for e in expected}) > 1  # sets of different sizes: the quantile bites
+    assert {r["set_coverage"] for r in shown} == {0.9}
+    table = predict_in_process(capsys, *images, "--model", model)[1].splitlines()
+    assert table[0].endswith("decision  set")
+    assert table[1].endswith("{" + ", ".join(expected[0]) + "}")
+    assert "at least 90% of images like the val split's" in table[-1]
+    # a rule without conformal calibration (written before issue 25): no set, no column
+    (tmp_path / "deferral.json").write_text(json.dumps(rule))
+    assert (
+        "set"
+        not in json.loads(predict_in_process(capsys, images[0], "--model", model, "--json")[1])[0]
+    )
+
+
 def test_lime_figure(
     checkpoint: Path, real_images, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):

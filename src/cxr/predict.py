@@ -15,11 +15,15 @@ finds no evidence for shows a faint map, not a full-strength one.
 With a deferral rule (the defer stage's models/deferral.json, beside the model) each image is
 also marked `accept` or `refer`: refer when its calibrated top-class confidence is below the
 rule's threshold. A rule chosen for another model is refused (it carries the model's sha256).
+When the rule carries the defer stage's conformal calibration, each image also gets its
+prediction set: the classes it cannot be ruled out of at the rule's alpha
+(cxr.evaluation.conformal).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -34,6 +38,8 @@ from cxr.core.config import LimeConfig
 from cxr.core.errors import CxrError
 from cxr.core.fsio import save_figure
 from cxr.data.images import BadImageError
+from cxr.evaluation.calibration import scale_probabilities
+from cxr.evaluation.conformal import sets_from_rule
 from cxr.evaluation.deferral import decide, load_rule
 from cxr.explanation.faithfulness import explanations
 from cxr.explanation.figures import cam_figure, display_image
@@ -57,6 +63,9 @@ class Prediction:
     # with a deferral rule (cxr.evaluation.deferral): calibrated top-class confidence, decision
     confidence: float | None = None
     decision: str | None = None
+    # with the rule's conformal calibration: the classes not ruled out at 1 - alpha coverage
+    classes_set: tuple[str, ...] | None = None
+    set_coverage: float | None = None  # 1 - alpha: the share of such sets holding the truth
 
     @property
     def predicted(self) -> str | None:
@@ -76,6 +85,8 @@ class Prediction:
             result["cam"] = self.cam
         if self.decision is not None:
             result["confidence"], result["decision"] = self.confidence, self.decision
+        if self.classes_set is not None:
+            result["set"], result["set_coverage"] = list(self.classes_set), self.set_coverage
         return result
 
 
@@ -125,7 +136,32 @@ def predict_files(
                 decision=decision,
             )
         )
+    if rule and rule.get("conformal"):
+        results = with_sets(results, rule)
     return results
+
+
+def with_sets(results: list[Prediction], rule: dict) -> list[Prediction]:
+    """Each scored image's conformal set under the rule (one calibration for all images)."""
+    scored = [r for r in results if r.probabilities is not None]
+    if not scored:
+        return results
+    probabilities = np.array([list(r.probabilities.values()) for r in scored])
+    if rule["temperature"] is not None:
+        probabilities = scale_probabilities(probabilities, rule["temperature"])
+    classes = list(scored[0].probabilities)
+    sets = iter(sets_from_rule(rule["conformal"], probabilities))
+    coverage = round(1 - rule["conformal"]["alpha"], 6)
+    return [
+        r
+        if r.probabilities is None
+        else dataclasses.replace(
+            r,
+            classes_set=tuple(c for c, kept in zip(classes, next(sets), strict=True) if kept),
+            set_coverage=coverage,
+        )
+        for r in results
+    ]
 
 
 def open_model(path: Path) -> tuple[torch.nn.Module, ModelCard]:
@@ -213,22 +249,31 @@ def lime_figure(
 
 def table(results: list[Prediction]) -> str:
     """A plain-text table: image, predicted class, one probability column per class, and the
-    decision (accept/refer) when a deferral rule applies."""
+    decision (accept/refer) when a deferral rule applies, and the conformal set when it carries
+    one."""
     classes = next((list(r.probabilities) for r in results if r.probabilities), [])
     deferral = any(r.decision is not None for r in results)
+    coverage = next((r.set_coverage for r in results if r.set_coverage is not None), None)
     width = max(len("image"), *(len(r.image) for r in results))
     lines = [
         f"{'image':<{width}}  {'predicted':<16}"
         + "".join(f"{c:>17}" for c in classes)
         + (f"{'confidence':>12}  decision" if deferral else "")
+        + ("  set" if coverage is not None else "")
     ]
     for r in results:
         if r.probabilities is None:
             lines.append(f"{r.image:<{width}}  ERROR: {r.error}")
         else:
             probs = "".join(f"{r.probabilities[c]:>17.4f}" for c in classes)
-            decided = f"{r.confidence:>12.4f}  {r.decision}" if r.decision else ""
-            lines.append(f"{r.image:<{width}}  {r.predicted:<16}{probs}{decided}")
+            decided = f"{r.confidence:>12.4f}  {r.decision:<8}" if r.decision else ""
+            shown = "  {" + ", ".join(r.classes_set) + "}" if r.classes_set is not None else ""
+            lines.append(f"{r.image:<{width}}  {r.predicted:<16}{probs}{decided}{shown}".rstrip())
+    if coverage is not None:
+        lines.append(
+            f"set: the classes not ruled out; the true class is in such sets for at least "
+            f"{coverage:.0%} of images like the val split's (conformal, defer stage)"
+        )
     return "\n".join(lines)
 
 

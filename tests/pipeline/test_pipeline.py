@@ -104,7 +104,8 @@ def test_exp_show_lists_only_model_metrics(project: Path) -> None:
     # faithfulness) and stages (embed, defer); 224 with issue 22's (data.metadata,
     # evaluate.subgroups/age_bands/external, train.top_blocks, five audit.* keys) and its audit
     # stage: params and dependencies (67 of them code files, as dvc.yaml lists each stage's
-    # import closure) make up the rest. The readable view is `--only-changed` (≤ 40: test_experiments).
+    # import closure) make up the rest. The readable view is `--only-changed` (≤ 40, in
+    # test_experiments).
     assert len(table) < 235, len(table)
 
 

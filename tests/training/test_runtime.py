@@ -20,14 +20,21 @@ from pathlib import Path
 
 from tests.helpers.train_project import make_project, run_train, stage_env
 
-# Two machines: this one as it is (AVX-512 where its CPU has it, as the CI machines' do) and an
-# AVX2 CPU without AVX-512, emulated by capping what each kernel library may use. (An older CPU
-# without AVX2 cannot run the pinned kernels at all: the stage warns, and README says so.)
+# Two machines: this one as it is (AVX-512 where its CPU has it) and an AVX2 CPU without
+# AVX-512, emulated by capping what each kernel library may use. CI may run on either kind of
+# CPU; on one without AVX-512 both are the same machine. (An older CPU without AVX2 cannot run
+# the pinned kernels at all: the stage warns, and README says so.)
 THIS_CPU: dict[str, str] = {}
 AVX2_CPU = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+}
+# A pre-AVX2 CPU (SSE4): every AVX2 machine can run it, so the caps' effect shows on any CPU.
+SSE4_CPU = {
+    "ATEN_CPU_CAPABILITY": "default",
+    "ONEDNN_MAX_CPU_ISA": "SSE41",
+    "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
 }
 
 # A convolution (oneDNN), a matrix product (MKL) and a long reduction (ATen), as training runs
@@ -49,10 +56,31 @@ def kernels_hash(env: dict[str, str]) -> str:
     return done.stdout.strip()
 
 
-def test_the_emulated_cpus_compute_different_numbers(tmp_path: Path) -> None:
-    """The emulation has teeth: without pins the two machines' kernels disagree."""
+def test_capping_the_instruction_sets_changes_the_numbers_on_any_avx2_cpu(tmp_path: Path) -> None:
+    """The emulation has teeth on every machine CI may use: the AVX2 and SSE4 caps (both runnable
+    on any AVX2 CPU) compute other numbers in all three libraries' kernels."""
     base = stage_env(tmp_path)
-    assert kernels_hash({**base, **THIS_CPU}) != kernels_hash({**base, **AVX2_CPU})
+    assert kernels_hash({**base, **AVX2_CPU}) != kernels_hash({**base, **SSE4_CPU})
+
+
+def test_this_cpu_differs_from_the_avx2_cap_exactly_when_it_has_avx512(tmp_path: Path) -> None:
+    """With AVX-512 the native kernels are another machine's than the AVX2-capped ones (the
+    reproducible-mode test below then compares two machines); without it the cap changes
+    nothing, and that test shows same-machine determinism only: the cross-machine evidence is
+    then the committed dvc.lock's model hash, retrained here (tests/pipeline/test_pipeline.py)."""
+    base = stage_env(tmp_path)
+    has_avx512 = kernels_capability(base) == "AVX512"
+    differ = kernels_hash({**base, **THIS_CPU}) != kernels_hash({**base, **AVX2_CPU})
+    assert differ == has_avx512, f"AVX-512: {has_avx512}, native and AVX2 kernels differ: {differ}"
+
+
+def kernels_capability(env: dict[str, str]) -> str:
+    """ATen's CPU capability on this machine (AVX512, AVX2, ...)."""
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
 
 
 def sha256(path: Path) -> str:

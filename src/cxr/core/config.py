@@ -449,6 +449,32 @@ class DeferralConfig:
 
 
 @dataclass(config=_STRICT)
+class ConformalConfig:
+    """Conformal prediction sets (cxr.evaluation.conformal), calibrated on val."""
+
+    # lac: smallest sets on average; aps, raps: sets that grow with the model's uncertainty.
+    method: Literal["lac", "aps", "raps"] = "lac"
+    # The true class is in the set with probability >= 1 - alpha.
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    # Calibrate each true class on its own images: the guarantee then holds per class.
+    mondrian: bool = False
+    # aps and raps break ties in val's scores at random, and raps tunes its penalty on a
+    # random part of val: both seeded here
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _mondrian_needs_lac(self) -> ConformalConfig:
+        # MAPIE calibrates one class at a time only with the lac score (its aps and raps
+        # scores refuse a calibration set with a single label)
+        if self.mondrian and self.method != "lac":
+            raise ValueError(
+                f"conformal.mondrian: true needs conformal.method: lac (got {self.method!r}); "
+                "set method: lac, or mondrian: false"
+            )
+        return self
+
+
+@dataclass(config=_STRICT)
 class AuditConfig:
     """The shortcut audit (cxr.evaluation.audit): occlusion of the lung field and probes."""
 
@@ -491,6 +517,7 @@ class Params:
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     deferral: DeferralConfig = Field(default_factory=DeferralConfig)
+    conformal: ConformalConfig = Field(default_factory=ConformalConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 

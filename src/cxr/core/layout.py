@@ -60,6 +60,7 @@ EMBEDDINGS = PLOTS / "embeddings.csv"  # split, image, class, predicted, outcome
 EMBEDDINGS_REPORT = REPORTS / "embeddings.json"
 # Stage `defer` (cxr.evaluation.deferral): selective prediction, referring low-confidence images.
 RISK_COVERAGE = PLOTS / "risk_coverage.csv"  # curve, point, coverage, risk, threshold
+CONFORMAL_CURVE = PLOTS / "conformal.csv"  # alpha, target_coverage, coverage, mean_set_size
 DEFERRAL_METRICS = METRICS / "deferral.json"
 DEFERRAL_REPORT = REPORTS / "deferral.json"
 # The threshold cxr-predict applies: beside the model it belongs to (its sha256 inside).

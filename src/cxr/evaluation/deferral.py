@@ -204,15 +204,20 @@ def curve_table(
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:
-    """metrics/deferral.json: threshold, and on test coverage and selective accuracy at it,
-    AURC (the risks, 1 - those accuracies, are in reports/deferral.json)."""
+    """metrics/deferral.json: on test, the coverage and selective accuracy at the threshold,
+    AURC and, with a `conformal` section, the sets' coverage and mean size. The threshold, the
+    risks (1 - those accuracies) and the rest are in reports/deferral.json: issue 13 keeps
+    `dvc exp show --only-changed` within 40 columns."""
     test = report["test"]
-    return {
-        "threshold": report["threshold"],
+    shown = {
         "coverage": test["coverage"],
         "selective_accuracy": test["selective_accuracy"],
         "aurc": test["aurc"],
     }
+    if "conformal" in report:
+        sets = report["conformal"]["test"]
+        shown |= {"set_coverage": sets["coverage"], "mean_set_size": sets["mean_set_size"]}
+    return shown
 
 
 def rule(report: dict[str, Any], model_sha256: str, classes: tuple[str, ...]) -> dict[str, Any]:

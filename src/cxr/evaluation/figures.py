@@ -126,3 +126,24 @@ def subgroups_figure(rows: pd.DataFrame, chance: float) -> Figure:
     axes[-1].set_xlabel("balanced accuracy on the test split (95 % bootstrap interval)")
     figure.suptitle("Balanced accuracy per subgroup (test split)")
     return figure
+
+
+def conformal_figure(curve: pd.DataFrame, alpha: float) -> Figure:
+    """Conformal sets on test against alpha: coverage beside its target 1 − alpha (left) and
+    the mean set size (right), the configured alpha marked on both."""
+    figure = Figure(figsize=(9, 3.8), layout="constrained")
+    coverage, size = figure.subplots(1, 2)
+    coverage.plot(curve["alpha"], curve["coverage"], marker="o", markersize=3, label="test")
+    coverage.plot(
+        curve["alpha"], curve["target_coverage"], color="gray", linestyle="--", label="1 − alpha"
+    )
+    coverage.set(xlabel="alpha", ylabel="coverage (true class in the set)", ylim=(0, 1.02))
+    coverage.set_title("Coverage (test split)")
+    coverage.legend(fontsize=8)
+    size.plot(curve["alpha"], curve["mean_set_size"], marker="o", markersize=3)
+    size.set(xlabel="alpha", ylabel="mean set size (classes)", ylim=(0, None))
+    size.set_title("Mean set size (test split)")
+    for axis in (coverage, size):
+        axis.axvline(alpha, color="tab:red", linewidth=0.8, linestyle=":")
+        axis.grid(alpha=0.3)
+    return figure

@@ -54,7 +54,9 @@ def summarize(
     result: FitResult, train_images: int, val_images: int, extra: Mapping[str, Any]
 ) -> dict:
     """metrics/train.json: the kept epoch's validation scores and `extra` (the weights' and
-    the environment's hashes); no timings."""
+    the environment's hashes); no timings. Val accuracy is in plots/train_history.csv and
+    MLflow, not here: the balanced one is what selects the epoch, and issue 13 keeps `dvc exp
+    show --only-changed` within 40 columns."""
     best = result.best
     return {
         "best_epoch": result.best_epoch,
@@ -63,7 +65,6 @@ def summarize(
         "val_images": val_images,
         "train_loss": round(best.train_loss, 6),
         "val_loss": round(best.val_loss, 6),
-        "val_accuracy": round(best.val_accuracy, 6),
         "val_balanced_accuracy": round(best.val_balanced_accuracy, 6),
         "val_macro_f1": round(best.val_macro_f1, 6),
         **extra,

@@ -1,0 +1,256 @@
+"""Conformal prediction sets: the classes an X-ray cannot be ruled out of, with a coverage
+guarantee.
+
+Split conformal classification (MAPIE's `SplitConformalClassifier`, prefit) calibrated on the
+**val** split's probabilities — the temperature-scaled ones the defer stage already has — and
+judged on the test split. At `conformal.alpha` the true class lies in the set with probability
+at least 1 − alpha, for images exchangeable with val's (Angelopoulos & Bates, 2021). Scores:
+`lac` (smallest sets on average), `aps` and `raps` (sets that grow with the model's
+uncertainty; both include the label that crosses the quantile, so coverage is conservative
+and the sets are deterministic). `mondrian` calibrates each true class on its own images, so
+the guarantee holds per class, not only on average over the classes.
+
+The guarantee needs enough calibration images: MAPIE asks for more than 1/alpha (and
+1/(1 − alpha)). With fewer, the conformal quantile is infinite and the set is every class;
+the report says so rather than pretend.
+
+The calibration set (probabilities and labels) is stored in the model's rule file, so
+`cxr-predict` rebuilds exactly the sets the report describes, with MAPIE again, and nothing
+pickled.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mapie.classification import SplitConformalClassifier
+from mapie.conformity_scores import RAPSConformityScore
+from scipy.stats import binomtest
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from cxr.core.config import ConformalConfig
+
+# alpha values of the coverage-and-size curve (plots/conformal.csv)
+CURVE_ALPHAS = tuple(round(a, 2) for a in np.arange(0.01, 0.305, 0.01))
+
+
+class _GivenProbabilities(ClassifierMixin, BaseEstimator):
+    """A fitted 'classifier' whose input is already its class probabilities: MAPIE's prefit
+    mode then calibrates the model's own (calibrated) outputs, without re-running it."""
+
+    def __init__(self, n_classes: int = 2) -> None:
+        self.n_classes = n_classes
+
+    def fit(self, X: Any = None, y: Any = None) -> _GivenProbabilities:
+        self.classes_ = np.arange(self.n_classes)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return np.asarray(X, dtype=float)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return np.asarray(X).argmax(1)
+
+
+def enough_images(n: int, alpha: float) -> bool:
+    """Whether MAPIE can calibrate at `alpha` on `n` images (else the set is every class)."""
+    return n > 1 / alpha and n > 1 / (1 - alpha)
+
+
+def _score(method: str) -> Any:
+    return RAPSConformityScore() if method == "raps" else method
+
+
+def _sets(
+    calibration: tuple[np.ndarray, np.ndarray],
+    probabilities: np.ndarray,
+    alpha: float,
+    method: str,
+    seed: int,
+) -> np.ndarray:
+    """Boolean (images, classes) prediction sets from one (labels, probabilities)
+    calibration set."""
+    cal_labels, cal_probabilities = calibration
+    n_classes = probabilities.shape[1]
+    if not enough_images(len(cal_labels), alpha):
+        return np.ones(probabilities.shape, dtype=bool)
+    conformal = SplitConformalClassifier(
+        _GivenProbabilities(n_classes).fit(),
+        confidence_level=1 - alpha,
+        conformity_score=_score(method),
+        prefit=True,
+        random_state=seed,  # aps/raps: random tie-breaking of the scores; raps: its penalty
+    )
+    with warnings.catch_warnings():
+        # Mondrian calibration hands MAPIE one class at a time, which it warns about
+        warnings.filterwarnings("ignore", message=".*less labels than your training.*")
+        conformal.conformalize(cal_probabilities, cal_labels)
+    return conformal.predict_set(probabilities)[1][:, :, 0].astype(bool)
+
+
+def prediction_sets(
+    calibration: tuple[np.ndarray, np.ndarray],
+    probabilities: np.ndarray,
+    alpha: float,
+    cfg: ConformalConfig,
+) -> np.ndarray:
+    """Boolean (images, classes) sets at `alpha`; with `cfg.mondrian`, class k's membership is
+    decided by the quantile of class k's calibration images alone."""
+    if not cfg.mondrian:
+        return _sets(calibration, probabilities, alpha, cfg.method, cfg.seed)
+    cal_labels, cal_probabilities = calibration
+    sets = np.ones(probabilities.shape, dtype=bool)
+    for k in range(probabilities.shape[1]):
+        own = cal_labels == k
+        part = (cal_labels[own], cal_probabilities[own])
+        sets[:, k] = _sets(part, probabilities, alpha, cfg.method, cfg.seed)[:, k]
+    return sets
+
+
+def _r(value: float) -> float:
+    return round(float(value), 6)
+
+
+def _coverage(covered: np.ndarray, level: float) -> dict[str, Any]:
+    """Empirical coverage with its exact (Clopper-Pearson) interval."""
+    n, hits = len(covered), int(covered.sum())
+    if n == 0:
+        return {"images": 0, "coverage": None, "coverage_ci": None}
+    ci = binomtest(hits, n).proportion_ci(level, method="exact")
+    return {
+        "images": n,
+        "coverage": _r(hits / n),
+        "coverage_ci": {"low": _r(ci.low), "high": _r(ci.high)},
+    }
+
+
+def set_summary(
+    sets: np.ndarray, labels: np.ndarray, classes: tuple[str, ...], alpha: float, level: float
+) -> dict[str, Any]:
+    """Coverage (with its interval), set sizes and the per-class view of one split's sets.
+    `holds` is False when even the interval's upper end is below 1 − alpha: coverage short of
+    the guarantee by more than sampling error."""
+    covered = sets[np.arange(len(labels)), labels]
+    size = sets.sum(1)
+    summary = _coverage(covered, level)
+    summary |= {
+        "target": _r(1 - alpha),
+        "mean_set_size": _r(size.mean()) if len(size) else None,
+        "singleton": _r((size == 1).mean()) if len(size) else None,
+        "empty": _r((size == 0).mean()) if len(size) else None,
+        "full": _r((size == len(classes)).mean()) if len(size) else None,
+        "sizes": {str(k): int((size == k).sum()) for k in range(len(classes) + 1)},
+    }
+    summary["holds"] = summary["coverage_ci"] is None or summary["coverage_ci"]["high"] >= 1 - alpha
+    summary["per_class"] = {}
+    for k, name in enumerate(classes):
+        own = labels == k
+        entry = _coverage(covered[own], level)
+        entry["mean_set_size"] = _r(size[own].mean()) if own.any() else None
+        entry["holds"] = entry["coverage_ci"] is None or entry["coverage_ci"]["high"] >= 1 - alpha
+        summary["per_class"][name] = entry
+    return summary
+
+
+def alpha_curve(
+    calibration: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    cfg: ConformalConfig,
+) -> pd.DataFrame:
+    """plots/conformal.csv: test coverage, its target 1 − alpha and the mean set size at each
+    alpha of CURVE_ALPHAS. `calibration` and `test` are (labels, probabilities)."""
+    rows = []
+    for alpha in CURVE_ALPHAS:
+        sets = prediction_sets(calibration, test[1], alpha, cfg)
+        rows.append(
+            {
+                "alpha": alpha,
+                "target_coverage": _r(1 - alpha),
+                "coverage": _r(sets[np.arange(len(test[0])), test[0]].mean()),
+                "mean_set_size": _r(sets.sum(1).mean()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def build_section(
+    cfg: ConformalConfig,
+    calibration: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    classes: tuple[str, ...],
+    level: float,
+) -> dict[str, Any]:
+    """The `conformal` section of reports/deferral.json: settings, calibration size and
+    whether it suffices, and the test split's sets summarised. `calibration` and `test` are
+    (labels, probabilities)."""
+    counts = [int((calibration[0] == k).sum()) for k in range(len(classes))]
+    smallest = min(counts) if cfg.mondrian else len(calibration[0])
+    sets = prediction_sets(calibration, test[1], cfg.alpha, cfg)
+    return {
+        "method": cfg.method,
+        "alpha": cfg.alpha,
+        "mondrian": cfg.mondrian,
+        "calibration_images": len(calibration[0]),
+        "enough_calibration_images": enough_images(smallest, cfg.alpha),
+        "test": set_summary(sets, test[0], classes, cfg.alpha, level),
+    }
+
+
+def rule_section(cfg: ConformalConfig, calibration: tuple[np.ndarray, np.ndarray]) -> dict:
+    """What cxr-predict needs to rebuild the sets: the settings and the calibration set."""
+    return {
+        "method": cfg.method,
+        "alpha": cfg.alpha,
+        "mondrian": cfg.mondrian,
+        "seed": cfg.seed,
+        "calibration_labels": [int(y) for y in calibration[0]],
+        "calibration_probabilities": np.round(calibration[1], 6).tolist(),
+    }
+
+
+def sets_from_rule(rule: dict[str, Any], probabilities: np.ndarray) -> np.ndarray:
+    """The sets of `probabilities` (already temperature-scaled) under a stored rule."""
+    cfg = ConformalConfig(
+        method=rule["method"], alpha=rule["alpha"], mondrian=rule["mondrian"], seed=rule["seed"]
+    )
+    calibration = (
+        np.asarray(rule["calibration_labels"], dtype=int),
+        np.asarray(rule["calibration_probabilities"], dtype=float),
+    )
+    return prediction_sets(calibration, probabilities, cfg.alpha, cfg)
+
+
+def lines(section: dict[str, Any]) -> list[str]:
+    """Console lines: the headline, and a WARNING where coverage falls short of its target or
+    the calibration set is too small for the guarantee."""
+    test = section["test"]
+    ci = test["coverage_ci"]
+    shown = [
+        f"conformal ({section['method']}, alpha {section['alpha']:g}"
+        + (", per class" if section["mondrian"] else "")
+        + f"): test coverage {test['coverage']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}] "
+        f"(target {test['target']:.2f}), mean set size {test['mean_set_size']:.2f}, "
+        f"singletons {test['singleton']:.2f}, every class {test['full']:.2f}"
+    ]
+    if not section["enough_calibration_images"]:
+        shown.append(
+            f"WARNING: conformal: {section['calibration_images']} val images"
+            + (" (fewest in one class)" if section["mondrian"] else "")
+            + f" are too few for alpha {section['alpha']:g} (MAPIE needs more than "
+            f"{1 / section['alpha']:.0f}): every set is every class"
+        )
+    if not test["holds"]:
+        shown.append(
+            "WARNING: conformal: test coverage is below its target beyond sampling error: "
+            "val and test are not exchangeable (a shift between the splits?)"
+        )
+    short = [name for name, entry in test["per_class"].items() if not entry["holds"]]
+    if short:
+        shown.append(
+            f"WARNING: conformal: coverage of {', '.join(short)} is below target beyond "
+            "sampling error (set conformal.mondrian: true for a per-class guarantee)"
+        )
+    return shown
