@@ -21,6 +21,8 @@ def main() -> None:
             layout.METADATA,
         )
         write_json(layout.DOWNLOAD_REPORT, summary)
+        for warning in summary["warnings"]:
+            print(f"WARNING: {warning}")
 
 
 if __name__ == "__main__":

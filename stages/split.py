@@ -20,6 +20,8 @@ def main() -> None:
             layout.CLASS_DISTRIBUTION,
         )
         write_json(layout.DATA_REPORT, summary)
+        for warning in summary["groups"].get("warnings", []):
+            print(f"WARNING: {warning}")
 
 
 if __name__ == "__main__":

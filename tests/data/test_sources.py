@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import http.server
 import tarfile
 import threading
@@ -250,3 +251,22 @@ def test_metadata_without_a_file_column_is_named(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"manifest.csv \(data.metadata\): no 'file' column"):
         run_fetch(DataConfig(source=str(source)), tmp_path)
     assert not (tmp_path / "project" / "data" / "raw").exists()  # checked before any image
+
+
+def test_metadata_rows_naming_no_image_are_counted_and_warned(tmp_path: Path) -> None:
+    source = kaggle_source_with_metadata(tmp_path / "src")  # lists COVID/images/gone.png
+    summary, _ = run_fetch(DataConfig(source=str(source)), tmp_path)
+    assert summary["metadata"]["rows_naming_no_image"] == 1
+    (warning,) = summary["warnings"]
+    assert "1 rows name no image" in warning and "COVID/images/gone.png" in warning
+
+
+@pytest.mark.parametrize("hostile", ["../../etc/passwd", "/etc/passwd", "COVID/../../x.png"])
+def test_metadata_paths_outside_the_source_are_refused(tmp_path: Path, hostile: str) -> None:
+    source = kaggle_source_with_metadata(tmp_path / "src")
+    rows = pd.read_csv(source / "manifest.csv", dtype=str, keep_default_na=False)
+    rows.loc[len(rows)] = {"file": hostile, "patient": "p1", "source": "x"}
+    rows.to_csv(source / "manifest.csv", index=False)
+    with pytest.raises(SourceError, match=rf"row {len(rows) + 1}: '{re.escape(hostile)}' is not"):
+        run_fetch(DataConfig(source=str(source)), tmp_path)
+    assert not (tmp_path / "project" / "data" / "raw").exists()  # before any image is read

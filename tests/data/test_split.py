@@ -186,3 +186,33 @@ def test_patient_groups_merge_with_duplicate_groups(tmp_path: Path) -> None:
         assert where["A/A02.png"] == where["A/A03.png"] == where["B/B00.png"]
         assert where["A/A00.png"] == where["A/A04.png"] == where["A/copy_of_A00.png"]
         assert metrics["groups"]["by"] == "patient"
+
+
+def with_patients(data: Path, patient_of) -> None:
+    """data/metadata.csv with a patient column: patient_of(file) ("" for none)."""
+    metadata = pd.read_csv(data / "metadata.csv", dtype=str, keep_default_na=False)
+    metadata["patient"] = [patient_of(f) for f in metadata["file"]]
+    metadata.to_csv(data / "metadata.csv", index=False)
+
+
+def test_group_by_refuses_a_class_whose_images_all_lack_a_value(tmp_path: Path) -> None:
+    """Manifest paths matching none of class B's images (a wrong layout): refused, naming the
+    class and its images' paths, before any split is written."""
+    data = ingest(source_with_duplicates(tmp_path / "src"), tmp_path / "p")
+    with_patients(data, lambda f: f"p-{f}" if f.startswith("A/") else "")
+    args = (data / "raw", data / "manifest.csv", data / "metadata.csv", data / "split")
+    with pytest.raises(SplitError, match=r"'patient': none of the 13 B images has a value.*B/"):
+        split_dataset(*args, SplitConfig(group_by="patient"))
+    assert not (data / "split").exists()
+
+
+def test_group_by_warns_with_counts_when_some_images_lack_a_value(tmp_path: Path) -> None:
+    data = ingest(source_with_duplicates(tmp_path / "src"), tmp_path / "p")
+    with_patients(data, lambda f: "" if f in ("A/A05.png", "B/B07.png") else f"p-{f}")
+    cfg = SplitConfig(ratio=(0.5, 0.25, 0.25), group_by="patient")
+    metrics = split_dataset(
+        data / "raw", data / "manifest.csv", data / "metadata.csv", data / "split", cfg
+    )
+    (warning,) = metrics["groups"]["warnings"]
+    assert "2 of 27 images have no value (A 1, B 1;" in warning
+    assert metrics["groups"]["images_without_value"] == 2

@@ -4,6 +4,7 @@ scikit-learn, and `cxr-compare` on experiments committed in a real git repositor
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +141,53 @@ def test_paired_difference_drops_resamples_without_a_class():
     assert 0 < diff["resamples"] < 200
     expected = macro_auc(y, good.probabilities) - macro_auc(y, fair.probabilities)
     assert diff["difference"] == pytest.approx(expected, abs=1e-6)
+
+
+def _hostile(frame: pd.DataFrame, case: str) -> str:
+    """A predictions file spoiled in one way, as CSV text."""
+    frame = frame.copy()
+    if case == "empty":
+        return ""
+    if case == "header only":
+        return ",".join(frame.columns) + "\n"
+    if case == "no probabilities":
+        return frame[["image", "actual"]].to_csv(index=False)
+    if case == "nan":
+        frame.loc[3, "p_Normal"] = np.nan
+    elif case == "above one":
+        frame.loc[4, "p_COVID"], frame.loc[4, "p_Normal"] = 7.5, -3.0
+    elif case == "not summing to one":
+        frame.loc[5, "p_COVID"] = frame.loc[5, "p_COVID"] / 2
+    elif case == "duplicate":
+        frame.loc[6, "image"] = frame.loc[2, "image"]
+    elif case == "unknown label":
+        frame.loc[7, "actual"] = "Pneumothorax"
+    return frame.to_csv(index=False)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty", r"b=b.csv: not a predictions CSV"),
+        ("header only", r"b=b.csv: no rows"),
+        ("no probabilities", r"b=b.csv: needs the columns image, actual and a p_<class>"),
+        ("nan", r"b=b.csv, line 5, column p_Normal: nan is not a probability"),
+        ("above one", r"b=b.csv, line 6, column p_COVID: 7.5 is not a probability"),
+        ("not summing to one", r"b=b.csv, line 7, column p_\*: .* not 1"),
+        ("duplicate", r"b=b.csv, line 4, column image: .* listed more than once \(2 rows"),
+        ("unknown label", r"b=b.csv, line 9, column actual: 'Pneumothorax' is not one of"),
+    ],
+)
+def test_spoiled_predictions_files_are_refused_naming_line_and_column(
+    tmp_path: Path, monkeypatch, capsys, case: str, message: str
+):
+    good, _, _ = fake_runs()
+    frame = predictions_frame(list(good.images), good.y_true, good.probabilities, CLASSES)
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    (tmp_path / "b.csv").write_text(_hostile(frame, case))
+    monkeypatch.chdir(tmp_path)
+    run(["git", "init", "-q"], tmp_path)
+    assert main(["a=a.csv", "b=b.csv", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()

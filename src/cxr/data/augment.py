@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from cxr.core.config import AugmentConfig, AugmentOp
 
 
-
 @dataclass(frozen=True)
 class Operation:
     """An Augmentor Pipeline method, by name (`augment.operations[].name`)."""

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pandas as pd
 
@@ -386,7 +386,30 @@ def read_metadata(folder: Path, cfg: DataConfig) -> pd.DataFrame | None:
     if frame[METADATA_KEY].duplicated().any():
         twice = frame.loc[frame[METADATA_KEY].duplicated(), METADATA_KEY].iloc[0]
         raise SourceError(f"{path} (data.metadata): {twice} is listed more than once.")
+    for row, name in enumerate(frame[METADATA_KEY], start=2):
+        if _outside(name):
+            raise SourceError(
+                f"{path} (data.metadata), row {row}: {name!r} is not a path inside the source "
+                f"folder; `{METADATA_KEY}` names each image relative to the folder holding "
+                f"{path.name} (e.g. COVID/images/x.png), without '..' or a leading '/'."
+            )
     return frame
+
+
+def _outside(name: str) -> bool:
+    """Whether a metadata path is absolute or climbs out of the source folder."""
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    return posix.is_absolute() or bool(windows.drive) or ".." in windows.parts
+
+
+def unmatched_rows(
+    metadata: pd.DataFrame | None, manifest: pd.DataFrame, rejected: pd.DataFrame
+) -> list[str]:
+    """Metadata paths that name no image of the source (rejected images excepted)."""
+    if metadata is None:
+        return []
+    known = set(manifest["source"]) | set(rejected.get("source", pd.Series(dtype=str)))
+    return [name for name in metadata[METADATA_KEY] if name not in known]
 
 
 def metadata_frame(manifest: pd.DataFrame, metadata: pd.DataFrame | None) -> pd.DataFrame:
@@ -416,6 +439,7 @@ def fetch(
         metadata = read_metadata(folder, cfg)  # checked before any image is decoded
         frame, rejected = ingest(folder, cfg, raw_tmp, masks_tmp)
         meta = metadata_frame(frame, metadata)
+        unmatched = unmatched_rows(metadata, frame, rejected)
         write_csv(manifest, frame)  # paths relative to the raw and masks folders
         write_csv(rejected_csv, rejected)
         write_csv(metadata_csv, meta)
@@ -433,5 +457,13 @@ def fetch(
             "images_with_metadata": int(
                 (meta.get("source_file", pd.Series(dtype=str)) != "").sum()
             ),
+            "rows_naming_no_image": len(unmatched),
         },
+        "warnings": [
+            f"data.metadata: {len(unmatched)} rows name no image of the source (e.g. "
+            f"{', '.join(unmatched[:3])}); their metadata is not used. Paths are relative to "
+            "the folder holding the CSV, as the images are laid out there."
+        ]
+        if unmatched
+        else [],
     }

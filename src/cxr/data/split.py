@@ -59,6 +59,34 @@ def group_keys(manifest: pd.DataFrame, metadata: pd.DataFrame, column: str) -> l
     return [str(values.get(file, "")) for file in manifest["file"]]
 
 
+def check_grouping(manifest: pd.DataFrame, keys: list[str], column: str) -> list[str]:
+    """Refuse grouping that is silently off: a class none of whose images has a `column`
+    value (its metadata rows name none of its images: a wrong path layout, most often). Return
+    warnings for images without a value in classes that have some, each split on its own."""
+    frame = pd.DataFrame(
+        {"class": manifest["class"].to_numpy(), "source": manifest["source"], "key": keys}
+    )
+    for name, rows in frame.groupby("class", sort=True):
+        if (rows["key"] == "").all():
+            examples = ", ".join(rows["source"].head(3))
+            raise SplitError(
+                f"split.group_by: {column!r}: none of the {len(rows)} {name} images has a "
+                f"value, so they would be split image by image and one patient could land in "
+                f"train and test. The metadata CSV (data.metadata) must name each image by its "
+                f"path in the source folder, as the images are laid out there (e.g. {examples}); "
+                "check its `file` column against that layout (the download stage warned about "
+                "the rows it could not match), or set split.group_by: '' to split image by image."
+            )
+    missing = frame[frame["key"] == ""]
+    if missing.empty:
+        return []
+    counts = ", ".join(f"{name} {n}" for name, n in missing.groupby("class").size().items())
+    return [
+        f"split.group_by: {column!r}: {len(missing)} of {len(frame)} images have no value "
+        f"({counts}; e.g. {', '.join(missing['source'].head(3))}); each is split on its own"
+    ]
+
+
 def leakage_groups(
     manifest: pd.DataFrame, metadata: pd.DataFrame, duplicates: pd.Series, cfg: SplitConfig
 ) -> tuple[pd.Series, dict[str, object]]:
@@ -68,6 +96,7 @@ def leakage_groups(
     summary: dict[str, object] = {"by": cfg.group_by}
     if cfg.group_by:
         keys = group_keys(manifest, metadata, cfg.group_by)
+        summary["warnings"] = check_grouping(manifest, keys, cfg.group_by)
         merged = merge_by_key(list(duplicates), keys)
         group_of = pd.Series(merged, index=duplicates.index, name="group")
         present = [key for key in keys if key]

@@ -234,15 +234,74 @@ def load(spec: str, root: Path, refs: dict[str, str]) -> Predictions:
         name = spec
         text = read_at(spec, PREDICTIONS, root, refs)
         params = yaml.safe_load(read_at(spec, "params.yaml", root, refs)) or {}
-    frame = pd.read_csv(io.StringIO(text))
-    missing = {"image", "actual"} - set(frame.columns)
-    if missing:
-        raise CompareError(f"{spec}: {PREDICTIONS} lacks columns {sorted(missing)}")
+    frame = checked_predictions(text, spec if "=" in spec else f"{spec}: {PREDICTIONS}")
     frame = frame.sort_values("image", kind="stable").reset_index(drop=True)
     y_true, probabilities, classes = read_predictions(frame)
     return Predictions(
         name, tuple(frame["image"]), y_true, probabilities, classes, _flatten(params)
     )
+
+
+# Probabilities are written rounded to 8 decimals: their row sums are 1 to well within this.
+SUM_TOLERANCE = 1e-4
+
+
+def checked_predictions(text: str, where: str) -> pd.DataFrame:
+    """A predictions file's frame, refused with the file, line and column when it is not one
+    the evaluate stage could have written: empty, columns missing, a label outside the
+    classes, a probability that is not a finite number in [0, 1], rows not summing to 1, or
+    an image listed twice."""
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype={"image": str, "actual": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        raise CompareError(f"{where}: not a predictions CSV ({str(err).strip()})") from None
+    columns = [c for c in frame.columns if c.startswith("p_")]
+    missing = sorted({"image", "actual"} - set(frame.columns))
+    if missing or len(columns) < 2:
+        raise CompareError(
+            f"{where}: needs the columns image, actual and a p_<class> per class (the evaluate "
+            f"stage's plots/predictions.csv); it has {list(frame.columns)}"
+        )
+    if frame.empty:
+        raise CompareError(f"{where}: no rows")
+    classes = {c.removeprefix("p_") for c in columns}
+    _refuse_first(
+        where,
+        ~frame["actual"].isin(classes),
+        frame["actual"],
+        "actual",
+        f"is not one of the classes {sorted(classes)}",
+    )
+    for column in columns:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = ~np.isfinite(values) | (values < -1e-9) | (values > 1 + 1e-9)
+        _refuse_first(
+            where, bad, frame[column], column, "is not a probability (a number in [0, 1])"
+        )
+    sums = frame[columns].to_numpy(dtype=np.float64).sum(1)
+    _refuse_first(
+        where,
+        np.abs(sums - 1) > SUM_TOLERANCE,
+        pd.Series(sums),
+        "p_*",
+        "is the row's sum of probabilities, not 1",
+    )
+    twice = frame["image"].duplicated(keep=False)
+    _refuse_first(where, twice, frame["image"], "image", "is listed more than once")
+    return frame
+
+
+def _refuse_first(where: str, bad: Any, values: pd.Series, column: str, problem: str) -> None:
+    """A CompareError naming the first bad row's line (the header is line 1) and value."""
+    rows = np.flatnonzero(np.asarray(bad))
+    if len(rows):
+        row = int(rows[0])
+        value = values.iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value  # 7.5, not np.float64
+        raise CompareError(
+            f"{where}, line {row + 2}, column {column}: {value!r} {problem}"
+            + (f" ({len(rows)} rows in all)" if len(rows) > 1 else "")
+        )
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
