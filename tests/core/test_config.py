@@ -67,7 +67,7 @@ def test_every_stage_declares_exactly_the_params_groups_it_reads() -> None:
         },
         "gradcam": {"gradcam", *RUNTIME},
         "embed": {"embeddings", "evaluate.batch_size", *RUNTIME},
-        "defer": {"deferral", "evaluate.batch_size", *RUNTIME},
+        "defer": {"deferral", "conformal", "evaluate.batch_size", "evaluate.confidence", *RUNTIME},
         "audit": {
             "audit",
             "evaluate.batch_size",
@@ -106,6 +106,24 @@ def test_lr_inf_in_params_yaml_is_refused_as_not_finite(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match=r"  lr: Input should be a finite number"):
         load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"epochs": True}, r"train\.epochs: Input should be a valid integer"),
+        ({"epochs": 1e29}, r"train\.epochs: Input should be a valid integer"),
+        ({"epochs": 20_000}, r"train\.epochs: Input should be less than or equal to 10000"),
+        ({"epochs": "4"}, r"train\.epochs: Input should be a valid integer"),
+        ({"reproducible": 1}, r"train\.reproducible: Input should be a valid boolean"),
+        ({"amp": "yes"}, r"train\.amp: Input should be a valid boolean"),
+    ],
+)
+def test_counts_and_switches_take_only_their_own_type(train: dict, message: str) -> None:
+    """A bool is not a count, a float or a string is not one either, and 1 or "yes" is not a
+    switch: YAML's loose values are refused, naming the key, rather than read as 1 or 1e29."""
+    with pytest.raises(ParamsError, match=message):
+        parse_params(with_overrides({"train": train}), registries())
 
 
 def test_batch_size_one_says_why() -> None:

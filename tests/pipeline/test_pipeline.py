@@ -159,10 +159,23 @@ def test_params_errors_stop_repro_before_any_output_is_lost(project: Path) -> No
     original = (project / "params.yaml").read_text()
     outputs = ["models/model.pt", "metrics/train.json", "metrics/eval.json", "data/manifest.csv"]
     before = {name: (project / name).read_bytes() for name in outputs}
+    (project / "truncated.pth").write_bytes(b"PK\x03\x04 not the whole file")
     broken = {
         "train.epochs": original.replace("  epochs: 2\n", "  epochs: 0\n"),
         "train.epochs: missing; add `epochs: 4`": original.replace("  epochs: 2\n", ""),
         "mystery: unknown key": original + "mystery: 1\n",
+        # issue 24: loose values, and what the train and download stages found only after DVC
+        # had deleted their outputs
+        "train.epochs: Input should be a valid integer": original.replace(
+            "  epochs: 2\n", "  epochs: true\n"
+        ),
+        "train.weights: file": re.sub(r"(?m)^  weights: .*$", "  weights: gone.pth", original),
+        "truncated.pth: not a readable weights file": re.sub(
+            r"(?m)^  weights: .*$", "  weights: truncated.pth", original
+        ),
+        "data.archive.sha256: required for a URL source": re.sub(
+            r"(?m)^  source: .*$", "  source: https://example.org/cxr.zip", original
+        ),
     }
     for named, text in broken.items():
         assert text != original, named

@@ -26,6 +26,8 @@ from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -67,9 +69,9 @@ def registered(kind: str) -> AfterValidator:
 class SyntheticConfig:
     """The embedded sample: deterministic chest-X-ray-like phantoms (smoke runs only)."""
 
-    n_images: int = Field(600, ge=40)
-    image_size: int = Field(128, ge=64, le=1024)
-    seed: int = 0
+    n_images: StrictInt = Field(600, ge=40, le=1_000_000)
+    image_size: StrictInt = Field(128, ge=64, le=1024)
+    seed: StrictInt = 0
 
 
 @dataclass(config=_STRICT)
@@ -77,13 +79,15 @@ class ArchiveConfig:
     """How archives (URL, Kaggle, local zip/tar) are fetched and unpacked."""
 
     sha256: str = ""  # expected sha256 of an http(s) archive; required for URL sources
-    retries: int = Field(3, ge=0)  # extra tries after a transient HTTP/network failure
+    retries: StrictInt = Field(3, ge=0)  # extra tries after a transient HTTP/network failure
     timeout_s: float = Field(60.0, gt=0)
-    max_files: int = Field(100_000, ge=1)  # zip-bomb caps, checked before extracting
-    max_mb: int = Field(4096, ge=1)  # also caps a download (Content-Length and bytes received)
+    max_files: StrictInt = Field(100_000, ge=1)  # zip-bomb caps, checked before extracting
+    max_mb: StrictInt = Field(
+        4096, ge=1
+    )  # also caps a download (Content-Length and bytes received)
     # Largest uncompressed/compressed size ratio of a zip member (of a whole tar.gz); images
     # barely compress, a zip bomb of zeros reaches 1000:1.
-    max_ratio: int = Field(100, ge=1)
+    max_ratio: StrictInt = Field(100, ge=1)
 
     @field_validator("sha256")
     @classmethod
@@ -103,7 +107,7 @@ class DataConfig:
     extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
     on_bad_image: Literal["fail", "skip"] = "fail"
     # Images narrower or lower than this many pixels are bad images (see on_bad_image).
-    min_side: int = Field(32, ge=1)
+    min_side: StrictInt = Field(32, ge=1)
     class_aliases: dict[str, str] = Field(default_factory=dict)  # folder name -> class name
     # A CSV at the source's root with one row per image (its `file` column: the image's path
     # in the source, e.g. COVID/images/x.png) and any other columns, such as the patient; read
@@ -146,9 +150,9 @@ class SplitConfig:
     mode: Literal["ratio", "fixed"] = "ratio"
     ratio: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test
     fixed: tuple[int, int] = (60, 60)  # val and test images per class; the rest is train
-    seed: int = 1337
+    seed: StrictInt = 1337
     # Perceptual-hash bits (of 256) within which two images are near-duplicates; None: off.
-    near_duplicate_distance: int | None = Field(24, ge=0, le=128)
+    near_duplicate_distance: StrictInt | None = Field(24, ge=0, le=128)
     # A column of the source's metadata CSV (data.metadata) whose images must share a split,
     # e.g. the patient: one person's images in train and test would leak. "" splits by image.
     group_by: str = "patient"
@@ -191,8 +195,8 @@ class AugmentConfig:
     # Minority classes are oversampled up to: `majority` (the largest class), an integer
     # count, or a float fraction of the largest class; `none` oversamples nothing (imbalance is
     # then left to train.imbalance). Classes above the target are kept whole.
-    target: Literal["majority", "none"] | int | float = "majority"
-    seed: int = 42
+    target: Literal["majority", "none"] | StrictInt | float = "majority"
+    seed: StrictInt = 42
     operations: tuple[AugmentOp, ...] = ()
 
     @field_validator("target")
@@ -209,7 +213,7 @@ class AugmentConfig:
 class BatchAugmentConfig:
     """Random jitter applied to every training batch on the training device."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     rotation_deg: float = Field(7.0, ge=0.0, le=180.0)  # up to ± this many degrees
     shift: float = Field(0.05, ge=0.0, lt=0.5)  # up to ± this fraction of the side
     scale: tuple[float, float] = (0.92, 1.08)  # zoom factor range
@@ -229,26 +233,28 @@ class TrainConfig:
     # `none` (from scratch), `DEFAULT` or a torchvision weights name (`IMAGENET1K_V1`, ...), or a
     # local .pth/.pt/.safetensors file (see cxr.training.models).
     weights: str = "DEFAULT"
-    image_size: int = Field(64, ge=32, le=1024)
-    epochs: int = Field(4, ge=1)
-    batch_size: int = 32  # >= 2: BatchNorm cannot train on one image (see _trainable_batch)
+    image_size: StrictInt = Field(64, ge=32, le=1024)
+    epochs: StrictInt = Field(4, ge=1, le=10_000)
+    batch_size: StrictInt = Field(
+        32, le=65_536
+    )  # >= 2: BatchNorm cannot train on one image (see _trainable_batch)
     optimizer: Annotated[str, registered("optimizer")] = "adamw"
     weight_decay: float = Field(0.01, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     scheduler: Annotated[str, registered("scheduler")] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0.0)  # cosine: linear warm-up before the decay
-    step_size: int = Field(3, ge=1)
+    step_size: StrictInt = Field(3, ge=1)
     gamma: float = Field(0.1, gt=0.0, le=1.0)  # step and plateau: the lr factor
-    plateau_patience: int = Field(1, ge=0)  # plateau: epochs without a val-loss gain
+    plateau_patience: StrictInt = Field(1, ge=0)  # plateau: epochs without a val-loss gain
     # The epoch whose weights are kept: best val loss, balanced accuracy or macro-F1 (ties: lower
     # val loss), or simply the last one.
     select_by: Annotated[str, registered("selection rule")] = "val_balanced_accuracy"
-    early_stopping_patience: int = Field(0, ge=0)  # epochs without a better select_by; 0: off
+    early_stopping_patience: StrictInt = Field(0, ge=0)  # epochs without a better select_by; 0: off
     # full: train everything; head: frozen backbone; unfreeze: head only for unfreeze_after
     # epochs, then everything.
     finetune: Annotated[str, registered("fine-tuning regime")] = "full"
-    unfreeze_after: int = Field(1, ge=1)
-    top_blocks: int = Field(2, ge=1)  # finetune top: the backbone's last stages that train
+    unfreeze_after: StrictInt = Field(1, ge=1)
+    top_blocks: StrictInt = Field(2, ge=1)  # finetune top: the backbone's last stages that train
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     # none | weighted_loss (inverse class frequency) | sampler (WeightedRandomSampler-style draws)
     imbalance: Literal["none", "weighted_loss", "sampler"] = "weighted_loss"
@@ -257,15 +263,17 @@ class TrainConfig:
     # Pin CPU kernels (instruction set, MKL path) and threads, and deterministic algorithms on
     # a GPU: the same params and data give the same bytes on any x86-64 CPU with AVX2 (see
     # cxr.training.runtime). Read by the train, evaluate and gradcam stages.
-    reproducible: bool = True
-    threads: int = Field(2, ge=1)  # CPU threads; part of the result (same threads, same bytes)
-    num_workers: int = Field(2, ge=0)
+    reproducible: StrictBool = True
+    threads: StrictInt = Field(
+        2, ge=1, le=1024
+    )  # CPU threads; part of the result (same threads, same bytes)
+    num_workers: StrictInt = Field(2, ge=0, le=256)
     # CUDA: hold the uint8 training store in GPU memory when it takes <= 25 % of it
-    gpu_store: bool = True
-    amp: bool = True  # CUDA only: bf16 where supported, else fp16 with a grad scaler
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the model
-    seed: int = 0
+    gpu_store: StrictBool = True
+    amp: StrictBool = True  # CUDA only: bf16 where supported, else fp16 with a grad scaler
+    channels_last: StrictBool = True
+    compile: StrictBool = False  # torch.compile the model
+    seed: StrictInt = 0
 
     @field_validator("batch_size")
     @classmethod
@@ -329,12 +337,14 @@ def _model_spec(info: ValidationInfo) -> Any:
 
 @dataclass(config=_STRICT)
 class EvaluateConfig:
-    batch_size: int = Field(64, ge=1)
-    bootstrap_resamples: int = Field(1000, ge=0)
+    batch_size: StrictInt = Field(64, ge=1)
+    bootstrap_resamples: StrictInt = Field(1000, ge=0, le=1_000_000)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
-    seed: int = 0
-    calibration_bins: int = Field(15, ge=2, le=100)  # equal-width confidence bins for ECE
-    temperature_scaling: bool = True  # fit T on the val split; report calibration before/after
+    seed: StrictInt = 0
+    calibration_bins: StrictInt = Field(15, ge=2, le=100)  # equal-width confidence bins for ECE
+    temperature_scaling: StrictBool = (
+        True  # fit T on the val split; report calibration before/after
+    )
     # Metadata columns (data/metadata.csv) the test results are broken down by; `age` in the
     # bands below. Columns the source lacks are skipped and listed in the report.
     subgroups: tuple[str, ...] = ("source", "sex", "view", "age")
@@ -364,31 +374,31 @@ class LimeConfig:
 
     # perturbed copies scored per image explained (one forward pass each; 200: within LIME's
     # seed noise of 300, benchmarks/explanation_cost.py)
-    num_samples: int = Field(200, ge=10)
-    segments: int = Field(40, ge=2)  # SLIC superpixels per image (the features LIME weighs)
-    images_per_class: int = Field(1, ge=0)  # method figures per class and outcome
+    num_samples: StrictInt = Field(200, ge=10)
+    segments: StrictInt = Field(40, ge=2)  # SLIC superpixels per image (the features LIME weighs)
+    images_per_class: StrictInt = Field(1, ge=0)  # method figures per class and outcome
 
 
 @dataclass(config=_STRICT)
 class FaithfulnessConfig:
     """Deletion/insertion AUC (Petsiuk et al., 2018) of each saliency method."""
 
-    images: int = Field(24, ge=0)  # test images scored (spread over the classes); 0: off
-    steps: int = Field(16, ge=2)  # pixels are removed/inserted in this many equal steps
+    images: StrictInt = Field(24, ge=0)  # test images scored (spread over the classes); 0: off
+    steps: StrictInt = Field(16, ge=2)  # pixels are removed/inserted in this many equal steps
     methods: tuple[Annotated[str, registered("saliency method")], ...] = (
         "gradcam",
         "gradcam++",
         "lime",
         "random",
     )
-    seed: int = 0
+    seed: StrictInt = 0
 
 
 @dataclass(config=_STRICT)
 class GradcamConfig:
-    images_per_class: int = Field(3, ge=1)
+    images_per_class: StrictInt = Field(3, ge=1)
     target_layer: str = "auto"  # `auto`: deepest of ModelSpec.cam_layers with a large map
-    min_map_size: int = Field(8, ge=1)  # `auto`: smallest heat-map side (cells) to accept
+    min_map_size: StrictInt = Field(8, ge=1)  # `auto`: smallest heat-map side (cells) to accept
     method: Annotated[str, registered("explanation method")] = "gradcam"
     overlay_alpha: float = Field(0.45, ge=0.0, le=1.0)
     lime: LimeConfig = Field(default_factory=LimeConfig)
@@ -398,7 +408,7 @@ class GradcamConfig:
 @dataclass(config=_STRICT)
 class ClaheConfig:
     clip_limit: float = Field(0.01, gt=0.0, le=1.0)  # normalised clip limit (scikit-image)
-    tiles: int = Field(8, ge=1, le=64)  # contextual regions per image side
+    tiles: StrictInt = Field(8, ge=1, le=64)  # contextual regions per image side
 
 
 @dataclass(config=_STRICT)
@@ -421,9 +431,9 @@ class EmbeddingsConfig:
     """t-SNE map of the penultimate-layer embeddings (cxr.evaluation.embeddings)."""
 
     splits: tuple[Literal["train", "val", "test"], ...] = ("train", "test")
-    max_images: int = Field(2000, ge=10)  # per split, a seeded sample beyond this
+    max_images: StrictInt = Field(2000, ge=10)  # per split, a seeded sample beyond this
     perplexity: float = Field(30.0, gt=1.0)  # lowered to (images - 1) / 3 on small sets
-    seed: int = 0
+    seed: StrictInt = 0
 
     @field_validator("splits")
     @classmethod
@@ -445,7 +455,7 @@ class DeferralConfig:
     bound: Literal["empirical", "upper"] = "empirical"
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     # Calibrated confidences: the temperature fitted on val by the evaluate stage.
-    calibrated: bool = True
+    calibrated: StrictBool = True
 
 
 @dataclass(config=_STRICT)
@@ -457,10 +467,10 @@ class ConformalConfig:
     # The true class is in the set with probability >= 1 - alpha.
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     # Calibrate each true class on its own images: the guarantee then holds per class.
-    mondrian: bool = False
+    mondrian: StrictBool = False
     # aps and raps break ties in val's scores at random, and raps tunes its penalty on a
     # random part of val: both seeded here
-    seed: int = 0
+    seed: StrictInt = 0
 
     @model_validator(mode="after")
     def _mondrian_needs_lac(self) -> ConformalConfig:
@@ -481,9 +491,9 @@ class AuditConfig:
     # The lung field of an image without a lung mask: x0, y0, x1, y1 as fractions of the side.
     box: tuple[float, float, float, float] = (0.12, 0.1, 0.88, 0.9)
     fill: Literal["black", "mean"] = "black"  # what hidden pixels become
-    probe_folds: int = Field(5, ge=2)  # patient-grouped folds of the embedding probes
+    probe_folds: StrictInt = Field(5, ge=2)  # patient-grouped folds of the embedding probes
     probe_c: float = Field(1.0, gt=0.0)  # inverse L2 strength of the probes' regression
-    seed: int = 0
+    seed: StrictInt = 0
 
     @field_validator("box")
     @classmethod
@@ -500,7 +510,7 @@ class AuditConfig:
 class TrackingConfig:
     experiment: str = "cxr-classification"
     # false: an unreachable tracking server only warns, and the pipeline runs untracked.
-    required: bool = True
+    required: StrictBool = True
     # Model-registry name the trained model is registered under; empty: log it, don't register.
     registered_model: str = ""
 

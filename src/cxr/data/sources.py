@@ -87,13 +87,17 @@ def _local_archive(cfg: DataConfig, root: Path) -> Iterator[Path]:
         yield folder
 
 
+def _require_sha256(cfg: DataConfig) -> None:
+    raise SourceError(
+        f"data.archive.sha256: required for a URL source ({redact_url(cfg.source)}); set "
+        "it to the archive's sha256 (`sha256sum file.zip`), so a changed file cannot slip in."
+    )
+
+
 @contextmanager
 def _http_archive(cfg: DataConfig, root: Path) -> Iterator[Path]:
     if not cfg.archive.sha256:
-        raise SourceError(
-            f"data.archive.sha256: required for a URL source ({redact_url(cfg.source)}); set "
-            "it to the archive's sha256 (`sha256sum file.zip`), so a changed file cannot slip in."
-        )
+        _require_sha256(cfg)
     with tempfile.TemporaryDirectory(prefix="cxr-download-") as scratch:
         archive = download(
             cfg.source,
@@ -175,7 +179,8 @@ def source_kind(source: str) -> tuple[str, SourceOpener]:
 
 def check_source(cfg: DataConfig, root: Path) -> None:
     """The cheap part of opening a source, for the `params` stage: a local folder or archive
-    must exist (a URL or a Kaggle dataset is only checked when downloaded)."""
+    must exist, a URL must come with its sha256 (it and a Kaggle dataset are only fetched when
+    downloaded)."""
     kind, _ = source_kind(cfg.source)
     path = _resolve(cfg.source, root)
     if kind == "folder" and not path.is_dir():
@@ -186,6 +191,8 @@ def check_source(cfg: DataConfig, root: Path) -> None:
         )
     if kind == "archive" and not path.is_file():
         raise SourceError(f"data.source: archive {path} does not exist.")
+    if kind == "http" and not cfg.archive.sha256:
+        _require_sha256(cfg)
 
 
 # ---------------------------------------------------------------- layout detection

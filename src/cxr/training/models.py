@@ -302,6 +302,14 @@ def resolve_weights(model: str, weights: str, root: Path | None = None) -> Weigh
     return WeightsSource(weights, path, digest)
 
 
+def check_weights_file(model: str, weights: str, root: Path) -> None:
+    """For the `params` stage: a local `train.weights` file exists, passes its hash check,
+    loads safely (tensors only) and fits the model, before DVC deletes any output. Named
+    weights sets (DEFAULT, IMAGENET1K_V1) are resolved by the train stage."""
+    if is_weights_file(weights):
+        build_model(model, None, weights, root)
+
+
 def _is_head_key(key: str, head: str) -> bool:
     return key == head or key.startswith(head + ".")
 

@@ -142,9 +142,19 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     except Exception as err:
         raise WeightsFileError(
-            f"{path}: not a readable weights file ({type(err).__name__}: {str(err)[:200]})"
+            f"{path}: not a readable weights file ({type(err).__name__}: {_first_sentence(err)}). "
+            "Is it complete? Copy it again, or point train.weights at another file."
         ) from None
     return _unwrap(raw, path)
+
+
+def _first_sentence(err: Exception, limit: int = 240) -> str:
+    """An error's first line, cut at a sentence end rather than mid-word when long."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rfind(". ")
+    return line[: cut + 1] if cut > 0 else line[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def _unwrap(raw: Any, path: Path) -> dict[str, torch.Tensor]:
