@@ -276,3 +276,32 @@ def test_lime_figure(
     assert status == 0, err
     assert json.loads(stdout)[0]["cam"] == str(out)
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_wrong_files_as_model_and_cam_are_refused_with_a_sentence(
+    checkpoint: Path, real_images, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """Issue 24: a checkpoint whose weights do not fit its card names the keys and shapes; a
+    bare weights file (.safetensors) is refused with what it is; --cam into a missing folder
+    creates nothing."""
+    from safetensors.torch import save_file
+
+    payload = torch.load(checkpoint, weights_only=True)
+    head = next(k for k in payload["state_dict"] if k.endswith("fc.weight"))
+    payload["state_dict"][head] = torch.zeros(5, payload["state_dict"][head].shape[1])
+    del payload["state_dict"][next(iter(payload["state_dict"]))]
+    altered = tmp_path / "altered.pt"
+    torch.save(payload, altered)
+    status, _, err = predict_in_process(capsys, real_images[0], "--model", altered)
+    assert status == 2 and "do not fit its own card" in err, err
+    assert f"shape of {head} (5, 512) in the file" in err and "missing " in err, err
+    bare = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, str(bare))
+    status, _, err = predict_in_process(capsys, real_images[0], "--model", bare)
+    assert status == 2 and "holds no model card" in err and "KeyError" not in err, err
+    missing = tmp_path / "nowhere" / "deeper" / "cam.png"
+    status, _, err = predict_in_process(
+        capsys, real_images[0], "--model", checkpoint, "--cam", missing
+    )
+    assert status == 2 and f"folder {missing.parent} does not exist" in err, err
+    assert not (tmp_path / "nowhere").exists()

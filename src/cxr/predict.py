@@ -108,6 +108,12 @@ def predict_files(
     """Score every file; unreadable ones become a Prediction with `error` set. With a
     deferral rule (`deferral`, else models/deferral.json beside the model) each image is also
     marked accept or refer."""
+    if cam_out is not None and not cam_out.parent.is_dir():
+        # figures go where the user points, never into folders made up on the way
+        raise CxrError(
+            f"--cam {cam_out}: folder {cam_out.parent} does not exist; create it first, or "
+            "give a path in an existing folder"
+        )
     model, card = open_model(model_path)
     rule = load_rule(deferral, model_path) if use_deferral else None
     if label is not None and label not in card.classes:

@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.core.urls import redact, redact_url, request_auth, strip_userinfo, url_secret
+from cxr.core.urls import (
+    plain_http_warning,
+    redact,
+    redact_url,
+    request_auth,
+    strip_userinfo,
+    url_secret,
+)
 from tests.helpers.project import run, set_params, tool_env
 
 # Drawn per test session, so that no file of the project holds it by chance (this one included).
@@ -55,6 +62,16 @@ def test_request_auth_reads_the_environment() -> None:
     assert request_auth({"CXR_HTTP_USER": "u", "CXR_HTTP_PASSWORD": "p"}) == ({}, ("u", "p"))
     headers, auth = request_auth({"CXR_HTTP_TOKEN": "t"})
     assert headers == {"Authorization": "Bearer t"} and auth is None
+
+
+def test_credentials_over_plain_http_are_warned_about_without_showing_them() -> None:
+    env = {"CXR_HTTP_USER": "u", "CXR_HTTP_PASSWORD": "hunter2"}
+    warning = plain_http_warning("http://data.example/cxr.zip", env)
+    assert warning is not None and warning.startswith("WARNING: http://data.example/cxr.zip")
+    assert "unencrypted" in warning and "hunter2" not in warning
+    assert plain_http_warning("http://x/cxr.zip", {"CXR_HTTP_TOKEN": "t"}) is not None
+    assert plain_http_warning("https://data.example/cxr.zip", env) is None  # encrypted
+    assert plain_http_warning("http://data.example/cxr.zip", {}) is None  # nothing to leak
 
 
 # ---------------------------------------------------------------- a real DVC run

@@ -86,3 +86,18 @@ def request_auth(env: dict[str, str] | None = None) -> tuple[dict[str, str], tup
     if env.get(ENV_USER):
         return {}, (env[ENV_USER], env.get(ENV_PASSWORD, ""))
     return {}, None
+
+
+def plain_http_warning(url: str, env: dict[str, str] | None = None) -> str | None:
+    """A warning when credentials (the URL's own, or CXR_HTTP_*) would be sent over plain
+    http, where anyone on the path can read them; None otherwise."""
+    if not url.lower().startswith("http://"):
+        return None
+    headers, auth = request_auth(env)
+    _, user, _ = strip_userinfo(url)
+    if not (headers or auth or user):
+        return None
+    return (
+        f"WARNING: {redact_url(url)} is plain http: the credentials (from the URL or "
+        f"{ENV_USER}/{ENV_PASSWORD}/{ENV_TOKEN}) travel unencrypted; use https"
+    )

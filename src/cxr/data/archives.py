@@ -17,6 +17,7 @@ import hashlib
 import shutil
 import stat
 import tarfile
+import sys
 import time
 import zipfile
 import zlib
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from cxr.core.errors import CxrError
 from cxr.core.fsio import atomic_file, disk_errors
-from cxr.core.urls import redact_url, request_auth
+from cxr.core.urls import plain_http_warning, redact_url, request_auth
 
 CHUNK = 1 << 20
 # HTTP statuses worth another try; anything else >= 400 is final.
@@ -130,6 +131,9 @@ def download(
     ArchiveError (and leave no file) otherwise."""
     last = ""
     shown = redact_url(url)
+    warning = plain_http_warning(url)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))  # backoff between tries, not in tests

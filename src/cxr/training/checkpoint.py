@@ -68,12 +68,49 @@ def load_checkpoint(
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch's own text would suggest weights_only=False: never
         raise DataError(f"{refused} ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or "card" not in payload or "state_dict" not in payload:
+        raise DataError(
+            f"{refused} It holds no model card (architecture, classes, image size): a bare "
+            "weights file can start training as train.weights, but cannot be used to predict."
+        )
     try:
         raw = payload["card"]
         card = ModelCard(**{**raw, "classes": tuple(raw["classes"])})
         model = build_model(card.arch, len(card.classes), weights="none")
-        model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:  # another format
         first = (str(err).splitlines() or [""])[0][:200]
         raise DataError(f"{refused} ({type(err).__name__}: {first})") from None
+    mismatch = state_mismatch(model.state_dict(), payload["state_dict"])
+    if mismatch:
+        raise DataError(
+            f"{path}: its weights do not fit its own card ({card.arch}, {len(card.classes)} "
+            f"classes): {mismatch}. The file was altered or written by other code; use the "
+            "models/model.pt of a `dvc repro train` run."
+        )
+    model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), card
+
+
+def state_mismatch(ours: dict, theirs: Any, shown: int = 4) -> str:
+    """What keeps `theirs` from loading into a model whose state is `ours`: missing and
+    unexpected keys and shape differences, the first few of each named ("" when it fits)."""
+    if not isinstance(theirs, dict):
+        return f"its state_dict is a {type(theirs).__name__}, not a mapping of tensors"
+
+    def listed(items: list[str]) -> str:
+        more = f" … ({len(items)} in all)" if len(items) > shown else ""
+        return ", ".join(items[:shown]) + more
+
+    missing = [k for k in ours if k not in theirs]
+    unexpected = [k for k in theirs if k not in ours]
+    shapes = [
+        f"{k} {tuple(theirs[k].shape)} in the file, {tuple(ours[k].shape)} in the model"
+        for k in ours
+        if k in theirs and getattr(theirs[k], "shape", None) != ours[k].shape
+    ]
+    parts = [
+        f"shape of {listed(shapes)}" if shapes else "",
+        f"missing {listed(missing)}" if missing else "",
+        f"unexpected {listed(unexpected)}" if unexpected else "",
+    ]
+    return "; ".join(p for p in parts if p)
