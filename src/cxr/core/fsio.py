@@ -86,11 +86,14 @@ def _existing(path: Path) -> Path:
 @contextmanager
 def disk_errors(path: Path | str) -> Iterator[None]:
     """Turn "no space left on device" (or an exceeded quota) while writing `path` into a
-    DiskFullError that names it; any other OSError passes through unchanged."""
+    DiskFullError that names it; any other OSError passes through, with `path` as its file
+    when it named none (a write's EFBIG or EIO names no file of its own)."""
     try:
         yield
     except OSError as err:
         if err.errno not in NO_SPACE:
+            if err.filename is None and err.errno is not None:
+                raise OSError(err.errno, err.strerror, str(path)) from None
             raise
         folder = _existing(Path(path).absolute())
         free = shutil.disk_usage(folder).free / 1e6
