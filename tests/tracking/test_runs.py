@@ -121,7 +121,11 @@ def test_local_store_logs_tags_and_reports_failures(
     assert found.data.tags["cxr.dvc_exp"] == "my-exp"
     assert found.data.metrics["val_loss"] == 0.5
     assert "after" not in found.data.metrics
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    # the direct link to the run's page (the page tests/tracking/test_mlflow_page.py opens)
+    page = f"#/experiments/{found.info.experiment_id}/runs/{found.info.run_id}"
+    assert f"mlflow: train logged to run {found.info.run_id}: `mlflow ui`, then " in out
+    assert out.rstrip().endswith(f"http://127.0.0.1:5000/{page}"), out
     # the failing call, the metric in the cool-down and the stage's record that followed it
     assert "3 logging call(s) of stage 'train' failed" in err
     assert "ZeroDivisionError" in err and "1 metrics (step None): skipped" in err

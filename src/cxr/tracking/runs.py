@@ -30,7 +30,7 @@ from typing import Any
 from cxr.core import layout
 from cxr.core.config import Params
 from cxr.core.errors import CxrError
-from cxr.core.urls import redact, strip_userinfo
+from cxr.core.urls import redact, redact_url, strip_userinfo
 from cxr.tracking.logger import PipelineRun
 from cxr.tracking.record import record_stage
 
@@ -290,9 +290,24 @@ def _stage_run(stage: str, params: Params, root: Path, uri: str) -> Iterator[Pip
         status = "FINISHED"
         done = TAG_STAGE_DONE.format(stage)
         run._guard(f"tag {done}", lambda: client.set_tag(run_id, done, "done"), force=True)
+        print(f"mlflow: {stage} logged to run {run_id}: {run_link(uri, experiment_id, run_id)}")
     finally:
         run._guard("run status", lambda: client.set_terminated(run_id, status), force=True)
         run.report()
+
+
+# Where `mlflow ui` serves a local store (its default host and port).
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page: on the tracking server itself, or, for a local store, where `mlflow ui`
+    (run from the project root) shows it. The direct link opens the run (its metrics, figures
+    and model), not the experiment's GenAI overview MLflow 3 opens first."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{redact_url(uri).rstrip('/')}/{page}"
+    return f"`mlflow ui`, then {LOCAL_UI}/{page}"
 
 
 def writer_run(stage: str, params: Params, is_writer: bool) -> AbstractContextManager[PipelineRun]:
