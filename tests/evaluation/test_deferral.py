@@ -121,8 +121,11 @@ def test_defer_stage_numbers_recompute_from_predictions_file(evaluated_project: 
     assert test["accepted"] == kept.sum() and test["coverage"] == pytest.approx(
         kept.mean(), abs=1e-6
     )
+    # both outcomes are checked: test images kept (their error), or none (no risk to report)
     if kept.any():
         assert test["selective_risk"] == pytest.approx(wrong[kept].mean(), abs=1e-6)
+    else:
+        assert test["selective_risk"] is None and test["selective_accuracy"] is None
     assert test["overall_risk"] == pytest.approx(wrong.mean(), abs=1e-6)
     curve = pd.read_csv(root / "plots/risk_coverage.csv")
     assert curve["curve"].str.startswith("test · AURC").any()

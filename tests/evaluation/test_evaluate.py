@@ -36,8 +36,31 @@ def test_evaluate_stage_outputs_recompute_from_predictions_file(evaluated_projec
     derived = ("calibration", "baselines", "subgroups", "confounding")  # need more than the file
     assert recomputed == {k: v for k, v in report.items() if k not in derived}
     y_true, probabilities, _ = read_predictions(frame)
+    # ... and against independent computations: scikit-learn, and ECE counted bin by bin
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        cohen_kappa_score,
+        f1_score,
+        log_loss,
+    )
+
+    predicted = probabilities.argmax(1)
+    assert report["accuracy"] == pytest.approx(accuracy_score(y_true, predicted), abs=1e-6)
+    assert report["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(y_true, predicted), abs=1e-6
+    )
+    assert report["macro"]["f1"] == pytest.approx(
+        f1_score(y_true, predicted, average="macro", zero_division=0), abs=1e-6
+    )
+    assert report["cohen_kappa"] == pytest.approx(cohen_kappa_score(y_true, predicted), abs=1e-6)
     calibration = report["calibration"]
-    assert calibration_summary(y_true, probabilities, 15) == calibration["uncalibrated"]
+    uncalibrated = calibration["uncalibrated"]
+    assert uncalibrated["ece"] == pytest.approx(brute_ece(y_true, probabilities, 15), abs=1e-6)
+    assert uncalibrated["nll"] == pytest.approx(
+        log_loss(y_true, probabilities, labels=list(range(len(CLASSES)))), abs=1e-5
+    )
+    assert calibration_summary(y_true, probabilities, 15) == uncalibrated
     scaled = scale_probabilities(probabilities, calibration["temperature"])
     after = calibration_summary(y_true, scaled, 15)
     assert after == pytest.approx(calibration["temperature_scaled"], abs=2e-6)
@@ -119,6 +142,27 @@ def test_evaluate_model_without_temperature_scaling_never_reads_val(tmp_path: Pa
     assert result.report["confounding"]["confounded"] == [CLASSES[0]]  # all from site-a
 
 
+def brute_ece(y: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
+    """Expected calibration error: |accuracy - mean confidence| per equal-width confidence bin,
+    weighted by the bin's share of images (bins closed on the right, the first on both)."""
+    confidence, correct = probabilities.max(1), probabilities.argmax(1) == y
+    total = 0.0
+    for b in range(bins):
+        low, high = b / bins, (b + 1) / bins
+        inside = (confidence > low) & (confidence <= high) if b else confidence <= high
+        if inside.any():
+            total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return total
+
+
+def expected_verdict(difference: dict) -> str:
+    """README's rule: beats when the interval of model minus baseline lies above 0, loses when
+    the difference is not above 0, else inconclusive."""
+    if difference["difference"] <= 0:
+        return "loses"
+    return "beats" if difference["low"] > 0 else "inconclusive"
+
+
 def test_subgroups_and_source_only_baseline_recomputed_from_the_saved_files(
     evaluated_project: Path,
 ) -> None:
@@ -139,7 +183,7 @@ def test_subgroups_and_source_only_baseline_recomputed_from_the_saved_files(
             balanced_accuracy_score(y[rows], probabilities[rows].argmax(1)), abs=1e-6
         )
     only = report["baselines"]["model_minus_source_only"]
-    assert only["verdict"] in ("beats", "inconclusive", "loses")
+    assert only["verdict"] == expected_verdict(only["balanced_accuracy"])
     assert only["balanced_accuracy"]["difference"] == pytest.approx(
         report["balanced_accuracy"] - report["baselines"]["source_only"]["balanced_accuracy"],
         abs=1e-5,
@@ -157,7 +201,7 @@ def test_evaluation_reports_and_prints_the_majority_baseline(evaluated_project: 
     assert baselines["majority"]["class"] == CLASSES[0]  # the train split's largest class
     assert baselines["majority"]["accuracy"] == pytest.approx(1 / len(CLASSES), abs=1e-6)
     verdict = baselines["model_minus_majority"]["verdict"]
-    assert verdict in ("beats", "inconclusive", "loses")
+    assert verdict == expected_verdict(baselines["model_minus_majority"]["balanced_accuracy"])
     line = next(
         x for x in (evaluated_project / "evaluate.log").read_text().splitlines() if "baseline" in x
     )
