@@ -117,9 +117,10 @@ def queue_settled(project: Path) -> bool:
     return not any(word in status for word in ("Queued", "Running"))
 
 
-def test_queue_runs_experiments_side_by_side_into_the_project_store(
-    project: Path, server: str
-) -> None:
+@pytest.fixture(scope="module")
+def queued(project: Path) -> str:
+    """The QUEUED_LRS experiments, run by two queue workers side by side; `dvc queue status`
+    once they settled. A fixture, so a test that needs them does not depend on test order."""
     # Two jobs at once on CI's 2 cores: one pinned thread each, or they oversubscribe (README).
     for name, lr in QUEUED_LRS.items():
         queued = ["-n", name, "-S", f"lr={lr}", "-S", "train.threads=1"]
@@ -128,8 +129,14 @@ def test_queue_runs_experiments_side_by_side_into_the_project_store(
     run(["dvc", "queue", "start", "-j", "2"], project)
     wait_for(lambda: queue_settled(project), 900, "the DVC queue to finish")
     status = run(["dvc", "queue", "status"], project).stdout
-    assert status.count("Success") == len(QUEUED_LRS), status
     run(["dvc", "queue", "stop", "--kill"], project)
+    return status
+
+
+def test_queue_runs_experiments_side_by_side_into_the_project_store(
+    project: Path, server: str, queued: str
+) -> None:
+    assert queued.count("Success") == len(QUEUED_LRS), queued
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     names = {
@@ -152,7 +159,10 @@ def test_queue_runs_experiments_side_by_side_into_the_project_store(
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
 
 
-def test_exp_run_lr_then_metrics_diff_lists_changes(project: Path, server: str) -> None:
+def test_exp_run_lr_then_metrics_diff_lists_changes(
+    project: Path, server: str, queued: str
+) -> None:
+    # `queued`: the --only-changed column count below is read with the queue's experiments
     done = run(["dvc", "exp", "run", "-S", "lr=0.001"], project)
     # `params` validates the new value first; its output is constant, so it re-runs nothing
     assert stages_run(done.stdout) == ["params", *AFTER_TRAIN]
@@ -187,7 +197,7 @@ def test_exp_run_lr_then_metrics_diff_lists_changes(project: Path, server: str) 
     assert any(as_dict(r["data"]["params"]).get("lr") == "0.001" for r in latest)
 
 
-def test_exp_apply_restores_a_queued_experiment(project: Path) -> None:
+def test_exp_apply_restores_a_queued_experiment(project: Path, queued: str) -> None:
     run(["dvc", "exp", "apply", "lr-1e-2"], project)
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["lr"] == QUEUED_LRS["lr-1e-2"]
