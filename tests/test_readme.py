@@ -3,6 +3,7 @@ can run exactly what README says")."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 import shlex
@@ -55,3 +56,47 @@ def test_readme_recipe_keys_exist_in_params() -> None:
         for part in key.split("."):
             assert isinstance(node, dict) and part in node, f"README recipe: no {key} in params"
             node = node[part]
+
+
+def test_readme_cxrmix_split_numbers_recompute(mix_data: Path, tmp_path: Path) -> None:
+    """README's "Results on cxrmix" figures about the data (test split size per class, the
+    train split's share of Normal and Pneumonia from NIH), recomputed by splitting cxrmix with
+    the project's own params: a changed split or a stale README fails here."""
+    import pandas as pd
+
+    from cxr.core.config import load_params
+    from cxr.data.sources import fetch
+    from cxr.data.split import split_dataset, split_of_files
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Results on cxrmix", 1)[1]
+    counts = re.search(
+        r"test split has (\d+) images \(COVID (\d+), Normal (\d+), Pneumonia (\d+)\)", section
+    )
+    shares = re.search(r"Normal images (\d+) % are NIH's, of its Pneumonia images (\d+) %", section)
+    assert counts and shares, "README's cxrmix section no longer states the split's numbers"
+    params = load_params(ROOT / "params.yaml")
+    data = tmp_path / "data"
+    cfg = dataclasses.replace(params.data, source=str(mix_data))
+    outputs = ("raw", "masks", "manifest.csv", "rejected.csv", "metadata.csv")
+    fetch(cfg, ROOT, *(data / name for name in outputs))
+    split = split_dataset(
+        data / "raw", data / "manifest.csv", data / "metadata.csv", data / "split", params.split
+    )
+    test = split["splits"]["test"]
+    assert [int(g) for g in counts.groups()] == [
+        sum(test.values()),
+        test["COVID"],
+        test["Normal"],
+        test["Pneumonia"],
+    ]
+    metadata = pd.read_csv(data / "metadata.csv", dtype=str, keep_default_na=False)
+    where = split_of_files(data / "split")
+    train = metadata[metadata["file"].map(where) == "train"]
+    nih = (
+        train.assign(cls=train["file"].str.split("/").str[0])
+        .groupby("cls")["source"]
+        .apply(lambda s: round(100 * (s == "nih-cxr14").mean()))
+    )
+    assert [int(g) for g in shares.groups()] == [nih["Normal"], nih["Pneumonia"]]
+    assert nih["COVID"] == 0  # "and not one COVID image is"
