@@ -67,9 +67,19 @@ def project_copy(tmp_path: Path) -> Iterator[Path]:
     yield copy_project(tmp_path / "project")
 
 
+# Fixtures that run pipeline stages for real: a test using one is part of the slow (e2e) run.
+STAGE_FIXTURES = {"baseline", "evaluated_project"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by the e2e marks added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `cuda` need a GPU: without one they are deselected (named in the summary),
-    not skipped, so CI machines without a GPU stay green and say why they ran fewer tests."""
+    """Tests that run stages for real (through a STAGE_FIXTURES fixture) are marked e2e, so
+    `pytest -m "not e2e"` is the fast part. Tests marked `cuda` need a GPU: without one they
+    are deselected (named in the summary), not skipped, so CI machines without a GPU stay
+    green and say why they ran fewer tests."""
+    for item in items:
+        if STAGE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
     import torch
 
     if torch.cuda.is_available():

@@ -127,6 +127,7 @@ def files_holding(folder: Path, secret: str, skip: tuple[str, ...]) -> list[str]
     ]
 
 
+@pytest.mark.e2e  # runs a stage for real (README: the slow part)
 @pytest.mark.e2e
 def test_credentials_never_reach_dvc_lock_run_cache_mlflow_or_logs(
     project_copy: Path, private_server: tuple[str, Path], tmp_path: Path

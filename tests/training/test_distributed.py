@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.helpers.train_project import PROJECT, make_project, run_train
 
 
+@pytest.mark.e2e  # runs a stage for real (README: the slow part)
 def test_two_rank_ddp_trains_identically_and_only_rank_0_writes(tmp_path: Path) -> None:
     epochs = 2
     root = make_project(tmp_path / "p", per_class=4, epochs=epochs)

@@ -123,6 +123,7 @@ def load_state_key(path: Path) -> str:
     return torch.load(path, map_location="cpu", weights_only=True)["key"]
 
 
+@pytest.mark.e2e  # runs a stage for real (README: the slow part)
 def test_killed_training_resumes_to_the_same_result(tmp_path: Path) -> None:
     train = {"epochs": 4}  # the default recipe: pretrained lite0, per-step warm-up + cosine
     straight = make_project(tmp_path / "straight", per_class=4, **train)
@@ -140,6 +141,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path: Path) -> None:
     assert all(torch.equal(weights[k], expected_weights[k]) for k in expected_weights)
 
 
+@pytest.mark.e2e  # runs a stage for real (README: the slow part)
 def test_checkpoint_of_other_params_is_not_resumed(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p", per_class=2, epochs=2)
     _kill_after_first_epoch(root)  # leaves the resume state of lr 0.0005

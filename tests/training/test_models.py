@@ -191,6 +191,7 @@ def test_a_hash_named_local_file_must_match_its_name(tmp_path: Path) -> None:
         resolve_weights("resnet18", str(bad))
 
 
+@pytest.mark.e2e  # runs a stage for real (README: the slow part)
 def test_train_stage_records_the_weights_file_sha256(tmp_path: Path) -> None:
     saved_resnet18(tmp_path / "start.pth")
     digest = hashlib.sha256((tmp_path / "start.pth").read_bytes()).hexdigest()

@@ -18,6 +18,8 @@ from cxr.training.inference import predict_logits
 from cxr.training.pixels import load_split
 from tests.helpers.train_project import make_project, run_train
 
+pytestmark = pytest.mark.e2e  # runs the train stage for real
+
 # select_by -> the history row it keeps (ties of the accuracy rules: lower val loss)
 EXPECTED = {
     "val_loss": lambda h: h["val_loss"].idxmin(),

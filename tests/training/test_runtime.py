@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.train_project import make_project, run_train, stage_env
 
 # Two machines: this one as it is (AVX-512 where its CPU has it) and an AVX2 CPU without
@@ -87,6 +89,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.e2e  # runs a stage for real (README: the slow part)
 def test_reproducible_mode_trains_the_same_model_on_both_emulated_cpus(tmp_path: Path) -> None:
     results = {}
     for name, cpu in (("this", THIS_CPU), ("avx2", AVX2_CPU)):
