@@ -173,6 +173,9 @@ def main() -> None:
     parser.add_argument(
         "--stages", nargs="*", default=[], help="run only up to these stages (default: all)"
     )
+    parser.add_argument(
+        "--keep", type=Path, help="run in this new folder and keep it (default: a temporary one)"
+    )
     args = parser.parse_args()
     command = [word.replace("<folder>", str(args.data.resolve())) for word in readme_recipe()]
     if args.external:
@@ -184,7 +187,9 @@ def main() -> None:
     print("running:", shlex.join(command), "-S train.seed=<seed>", flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="cxr-recipe-") as scratch:
-        project = copy_project(Path(scratch) / "project")
+        if args.keep is not None and args.keep.exists():
+            raise SystemExit(f"--keep {args.keep}: exists already; name a new folder")
+        project = copy_project(args.keep or Path(scratch) / "project")
         for seed in args.seeds:
             minutes, stdout = run_seed(project, command, seed)
             results[seed] = {"minutes": minutes, **summary(project)}
