@@ -135,10 +135,12 @@ def test_forced_repro_is_byte_identical(baseline: dict, project: Path) -> None:
     assert "epoch 2/2" in done.stdout and "resuming" not in done.stdout  # trained anew
     assert metrics_bytes(project) == baseline["metrics"]
     assert "images_per_second" not in (project / "plots/train_history.csv").read_text()
-    # Every output the same bytes (the model, the history, the reports), but the Grad-CAM
-    # figures: their PNGs have differed by a few pixels between runs (README says so).
-    outs = {path: md5 for path, md5 in lock_outs(project).items() if path != "plots/gradcam"}
-    assert outs == {p: m for p, m in baseline["outs"].items() if p != "plots/gradcam"}
+    # Every output the same bytes: the model, the history, the reports, the Grad-CAM figures
+    # (issue 23: their PNGs once differed by a few pixels between forced runs; the cause was
+    # not traced, and the difference has not been seen since the stage's scoring was batched)
+    outs = lock_outs(project)
+    differ = sorted(path for path in outs if outs[path] != baseline["outs"].get(path))
+    assert not differ, differ
     assert tree_hashes(project / "data" / "augmented") == baseline["augmented"]
     # Outputs identical to cached objects come back as copies (DVC links only new objects);
     # `dvc checkout --relink` turns them back into links, as the README says.
