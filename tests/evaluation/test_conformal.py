@@ -19,6 +19,7 @@ from cxr.evaluation.conformal import (
     alpha_curve,
     build_section,
     enough_images,
+    expected_coverage,
     lines,
     prediction_sets,
     set_summary,
@@ -100,13 +101,21 @@ def test_sets_are_every_class_with_too_few_calibration_images():
     assert section["enough_calibration_images"] is False
     assert section["test"]["full"] == 1.0 and section["test"]["coverage"] == 1.0
     assert any(line.startswith("WARNING: conformal: 15 val images") for line in lines(section))
+    # RAPS tunes its penalty on a fifth of the calibration set: 60 images do for LAC at 0.1,
+    # not for RAPS, whose MAPIE check comes only when the sets are made
+    calibration = scored(60, rng)
+    raps = build_section(ConformalConfig("raps", 0.1), calibration, test, CLASSES, 0.95)
+    assert raps["enough_calibration_images"] is False and raps["test"]["full"] == 1.0
+    assert build_section(ConformalConfig("lac", 0.1), calibration, test, CLASSES, 0.95)[
+        "enough_calibration_images"
+    ]
 
 
 def test_summary_counts_and_exact_interval():
     rng = np.random.default_rng(5)
     labels = rng.integers(0, 3, 90)
     sets = rng.random((90, 3)) < 0.5
-    summary = set_summary(sets, labels, CLASSES, 0.1, 0.95)
+    summary = set_summary(sets, labels, CLASSES, 0.1, 0.95, (90,))
     covered = sets[np.arange(90), labels]
     low, high = proportion_confint(covered.sum(), 90, alpha=0.05, method="beta")
     assert summary["coverage"] == pytest.approx(covered.mean(), abs=1e-6)
@@ -123,9 +132,9 @@ def test_summary_counts_and_exact_interval():
             covered[labels == k].mean(), abs=1e-6
         )
     # coverage about 0.5 is short of a 0.9 target by far more than sampling error
-    assert summary["holds"] is False
+    assert summary["holds"] is False and summary["expected"]["p_value"] < 1e-4
     assert any(
-        "below its target" in line
+        "test coverage is below what sets" in line
         for line in lines(
             {
                 "method": "lac",
@@ -166,8 +175,36 @@ def test_defer_stage_sets_recompute_from_the_saved_files(evaluated_project: Path
     y, probabilities, classes = read_predictions(pd.read_csv(root / "plots/predictions.csv"))
     scaled = scale_probabilities(probabilities, rule["temperature"])
     sets = sets_from_rule(stored, scaled)
-    recomputed = set_summary(sets, y, classes, stored["alpha"], 0.95)
+    labels = np.asarray(stored["calibration_labels"])
+    sizes = (
+        tuple(int((labels == k).sum()) for k in range(len(classes)))
+        if stored["mondrian"]
+        else (len(labels),)
+    )
+    recomputed = set_summary(sets, y, classes, stored["alpha"], 0.95, sizes)
     assert recomputed == section["test"]
     assert len(stored["calibration_labels"]) == section["calibration_images"]
     curve = pd.read_csv(root / "plots/conformal.csv")
     assert list(curve.columns) == ["alpha", "target_coverage", "coverage", "mean_set_size"]
+
+
+def test_expected_coverage_is_the_distribution_of_simulated_conformal_sets():
+    """Covered counts of split-conformal sets over many random calibration and test draws
+    (continuous scores: uniform, a brute-force quantile) follow the beta-binomial
+    `expected_coverage` uses: its central 95 % range holds about 95 % of them, and its lower
+    tail about 2.5 %."""
+    rng, n, m, alpha = np.random.default_rng(3), 50, 40, 0.1
+    counts = []
+    for _ in range(4000):
+        q = brute_quantile(rng.random(n), alpha)
+        counts.append(int((rng.random(m) <= q).sum()))
+    counts = np.array(counts)
+    judged = [expected_coverage(int(c), m, n, alpha, 0.95) for c in counts[:600]]
+    low, high = judged[0]["range"]["low"] * m, judged[0]["range"]["high"] * m
+    inside = ((counts >= low) & (counts <= high)).mean()
+    assert 0.93 <= inside <= 0.995, inside
+    flagged = np.mean([not j["holds"] for j in judged])
+    assert flagged <= 0.05, flagged  # "short beyond sampling error" is rare when all is right
+    # the seed-0 cxrmix case README reports: 166 of 183 covered, 179 val images, alpha 0.05
+    assert expected_coverage(166, 183, 179, 0.05, 0.95)["holds"] is True
+    assert expected_coverage(150, 183, 179, 0.05, 0.95)["holds"] is False
