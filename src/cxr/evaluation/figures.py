@@ -139,11 +139,14 @@ def conformal_figure(curve: pd.DataFrame, alpha: float) -> Figure:
     )
     coverage.set(xlabel="alpha", ylabel="coverage (true class in the set)", ylim=(0, 1.02))
     coverage.set_title("Coverage (test split)")
-    coverage.legend(fontsize=8)
     size.plot(curve["alpha"], curve["mean_set_size"], marker="o", markersize=3)
     size.set(xlabel="alpha", ylabel="mean set size (classes)", ylim=(0, None))
     size.set_title("Mean set size (test split)")
     for axis in (coverage, size):
-        axis.axvline(alpha, color="tab:red", linewidth=0.8, linestyle=":")
+        axis.axvline(
+            alpha, color="tab:red", linewidth=0.8, linestyle=":", label=f"conformal.alpha {alpha:g}"
+        )
         axis.grid(alpha=0.3)
+    coverage.legend(fontsize=8)
+    size.legend(fontsize=8)
     return figure
