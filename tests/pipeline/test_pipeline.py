@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -166,18 +167,8 @@ def test_params_errors_stop_repro_before_any_output_is_lost(project: Path) -> No
         "train.epochs": original.replace("  epochs: 2\n", "  epochs: 0\n"),
         "train.epochs: missing; add `epochs: 4`": original.replace("  epochs: 2\n", ""),
         "mystery: unknown key": original + "mystery: 1\n",
-        # issue 24: loose values, and what the train and download stages found only after DVC
-        # had deleted their outputs
-        "train.epochs: Input should be a valid integer": original.replace(
-            "  epochs: 2\n", "  epochs: true\n"
-        ),
+        # issue 24: what the train stage found only after DVC had deleted its outputs
         "train.weights: file": re.sub(r"(?m)^  weights: .*$", "  weights: gone.pth", original),
-        "truncated.pth: not a readable weights file": re.sub(
-            r"(?m)^  weights: .*$", "  weights: truncated.pth", original
-        ),
-        "data.archive.sha256: required for a URL source": re.sub(
-            r"(?m)^  source: .*$", "  source: https://example.org/cxr.zip", original
-        ),
     }
     for named, text in broken.items():
         assert text != original, named
@@ -189,6 +180,30 @@ def test_params_errors_stop_repro_before_any_output_is_lost(project: Path) -> No
         assert stages_run(done.stdout) == ["params"], named
         assert named in done.stderr and "Traceback" not in done.stderr
         assert {name: (project / name).read_bytes() for name in outputs} == before, named
+    # The params stage's other checks (issue 24), by the stage alone: the cases above show
+    # that DVC runs it first and keeps every output when it fails.
+    checked = {
+        "train.epochs: Input should be a valid integer": original.replace(
+            "  epochs: 2\n", "  epochs: true\n"
+        ),
+        "truncated.pth: not a readable weights file": re.sub(
+            r"(?m)^  weights: .*$", "  weights: truncated.pth", original
+        ),
+        "data.archive.sha256: required for a URL source": re.sub(
+            r"(?m)^  source: .*$", "  source: https://example.org/cxr.zip", original
+        ),
+    }
+    for named, text in checked.items():
+        (project / "params.yaml").write_text(text)
+        done = subprocess.run(
+            [sys.executable, "stages/params.py"],
+            cwd=project,
+            env=tool_env(),
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 1 and named in done.stderr, (named, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
     (project / "params.yaml").write_text(original)
     # Valid again: `params` rewrites its (constant) output and nothing after it re-runs.
     again = run(["dvc", "repro"], project)

@@ -29,7 +29,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("select_by", ["val_balanced_accuracy", "val_loss"])
+@pytest.mark.parametrize("select_by", ["val_balanced_accuracy"])  # the default (CI time)
 def test_saved_model_is_the_selected_epoch(tmp_path: Path, select_by: str) -> None:
     root = make_project(
         tmp_path,
