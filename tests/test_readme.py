@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +59,7 @@ def test_readme_recipe_keys_exist_in_params() -> None:
             node = node[part]
 
 
+@pytest.mark.e2e  # decodes and splits all 1,258 cxrmix images
 def test_readme_cxrmix_split_numbers_recompute(mix_data: Path, tmp_path: Path) -> None:
     """README's "Results on cxrmix" figures about the data (test split size per class, the
     train split's share of Normal and Pneumonia from NIH), recomputed by splitting cxrmix with

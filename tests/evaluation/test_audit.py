@@ -263,6 +263,7 @@ def test_gradcam_section_reports_energy_outside_the_lungs() -> None:
 # --- the stage ---------------------------------------------------------------------------
 
 
+@pytest.mark.e2e  # runs the audit stage for real (README: the slow part)
 def test_audit_stage_writes_its_report_metrics_and_plots(tmp_path: Path) -> None:
     """An untrained model on tiny phantom splits (lesion masks stand in for lung masks; the
     metadata names three sites): every output is there and agrees with the others."""
