@@ -103,7 +103,7 @@ def _difference(entry: dict) -> str:
 
 
 def summary(project: Path) -> dict:
-    """What the pipeline wrote that README reports."""
+    """What the pipeline wrote that docs/results.md reports."""
     report = _read(project, "reports/eval.json")
     return {
         "eval": report,

@@ -61,22 +61,23 @@ def test_readme_recipe_keys_exist_in_params() -> None:
 
 @pytest.mark.e2e  # decodes and splits all 1,258 cxrmix images
 def test_readme_cxrmix_split_numbers_recompute(mix_data: Path, tmp_path: Path) -> None:
-    """README's "Results on cxrmix" figures about the data (test split size per class, the
-    train split's share of Normal and Pneumonia from NIH), recomputed by splitting cxrmix with
-    the project's own params: a changed split or a stale README fails here."""
+    """The "Results on cxrmix" figures about the data (test split size per class, the train
+    split's share of Normal and Pneumonia from NIH; docs/results.md, where the README links),
+    recomputed by splitting cxrmix with the project's own params: a changed split or a stale
+    page fails here."""
     import pandas as pd
 
     from cxr.core.config import load_params
     from cxr.data.sources import fetch
     from cxr.data.split import split_dataset, split_of_files
 
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = (ROOT / "docs/results.md").read_text(encoding="utf-8")
     section = text.split("## Results on cxrmix", 1)[1]
     counts = re.search(
         r"test split has (\d+) images \(COVID (\d+), Normal (\d+), Pneumonia (\d+)\)", section
     )
     shares = re.search(r"Normal images (\d+) % are NIH's, of its Pneumonia images (\d+) %", section)
-    assert counts and shares, "README's cxrmix section no longer states the split's numbers"
+    assert counts and shares, "docs/results.md's cxrmix section no longer states the split"
     params = load_params(ROOT / "params.yaml")
     data = tmp_path / "data"
     cfg = dataclasses.replace(params.data, source=str(mix_data))

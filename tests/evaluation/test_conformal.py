@@ -205,6 +205,6 @@ def test_expected_coverage_is_the_distribution_of_simulated_conformal_sets():
     assert 0.93 <= inside <= 0.995, inside
     flagged = np.mean([not j["holds"] for j in judged])
     assert flagged <= 0.05, flagged  # "short beyond sampling error" is rare when all is right
-    # the seed-0 cxrmix case README reports: 166 of 183 covered, 179 val images, alpha 0.05
+    # the seed-0 cxrmix case docs/methods.md reports: 166 of 183 covered, 179 val images, alpha 0.05
     assert expected_coverage(166, 183, 179, 0.05, 0.95)["holds"] is True
     assert expected_coverage(150, 183, 179, 0.05, 0.95)["holds"] is False

@@ -156,8 +156,8 @@ def brute_ece(y: np.ndarray, probabilities: np.ndarray, bins: int) -> float:
 
 
 def expected_verdict(difference: dict) -> str:
-    """README's rule: beats when the interval of model minus baseline lies above 0, loses when
-    the difference is not above 0, else inconclusive."""
+    """The rule of docs/methods.md (Baselines): beats when the interval of model minus baseline
+    lies above 0, loses when the difference is not above 0, else inconclusive."""
     if difference["difference"] <= 0:
         return "loses"
     return "beats" if difference["low"] > 0 else "inconclusive"

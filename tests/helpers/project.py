@@ -74,8 +74,8 @@ def copy_project(dest: Path) -> Path:
 
 # A pipeline run small enough for CI on two cores, with every class in every split (0.15 of
 # the 7 Viral Pneumonia phantoms would round to no val image: the split stage refuses). Its lr
-# differs from 0.001 so that the README's `dvc exp run -S lr=0.001` is a real change; two
-# epochs, so that the per-epoch history is a series.
+# differs from 0.001 so that docs/experiments.md's `dvc exp run -S lr=0.001` is a real change;
+# two epochs, so that the per-epoch history is a series.
 TINY_PARAMS: dict[str, object] = {
     "lr": 0.003,
     "data.synthetic.n_images": 120,

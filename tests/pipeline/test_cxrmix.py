@@ -16,7 +16,7 @@ from tests.helpers.sources import linked_subset
 pytestmark = pytest.mark.e2e
 
 # Small images and few epochs: what is checked is that every part is there and right, not
-# the recipe's quality (README's cxrmix results come from benchmarks/recipe_pipeline.py).
+# the recipe's quality (docs/results.md's cxrmix results come from benchmarks/recipe_pipeline.py).
 SMALL = {
     "evaluate.bootstrap_resamples": 200,
     "augment.target": "none",

@@ -121,10 +121,11 @@ def queue_settled(project: Path) -> bool:
 def queued(project: Path) -> str:
     """The QUEUED_LRS experiments, run by two queue workers side by side; `dvc queue status`
     once they settled. A fixture, so a test that needs them does not depend on test order."""
-    # Two jobs at once on CI's 2 cores: one pinned thread each, or they oversubscribe (README).
+    # Two jobs at once on CI's 2 cores: one pinned thread each, or they oversubscribe
+    # (docs/experiments.md).
     for name, lr in QUEUED_LRS.items():
         queued = ["-n", name, "-S", f"lr={lr}", "-S", "train.threads=1"]
-        # Up to evaluate, as README's sweeps do: the metrics compared below.
+        # Up to evaluate, as the sweeps of docs/results.md do: the metrics compared below.
         run(["dvc", "exp", "run", "--queue", *queued, "evaluate"], project)
     run(["dvc", "queue", "start", "-j", "2"], project)
     wait_for(lambda: queue_settled(project), 900, "the DVC queue to finish")

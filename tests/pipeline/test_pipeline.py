@@ -144,7 +144,7 @@ def test_forced_repro_is_byte_identical(baseline: dict, project: Path) -> None:
     assert not differ, differ
     assert tree_hashes(project / "data" / "augmented") == baseline["augmented"]
     # Outputs identical to cached objects come back as copies (DVC links only new objects);
-    # `dvc checkout --relink` turns them back into links, as the README says.
+    # `dvc checkout --relink` turns them back into links, as docs/methods.md says.
     run(["dvc", "checkout", "--relink"], project)
     assert_linked(project)
     assert run(["dvc", "status", "--json"], project).stdout.strip() == "{}"

@@ -109,7 +109,7 @@ def test_pipeline_on_real_xrays_pretrained_scores_above_scratch_and_majority(
     assert pair["p_holm"] == pytest.approx(pair["p_value"], abs=1e-12)
     scratch = json.loads((project / "reports/eval.json").read_text())
     cams["scratch"] = json.loads((project / "reports/gradcam.json").read_text())["overall"]
-    for name, cam in cams.items():  # README, Grad-CAM on cxr3: read from CI's output
+    for name, cam in cams.items():  # docs/results.md, Grad-CAM on cxr3: read from CI's output
         print(
             f"cxr3 Grad-CAM {name}: lung energy/area {cam['energy_over_area']:.2f}, "
             f"pointing hit rate {cam['pointing_hit_rate']:.2f} over {cam['images']} images"
@@ -125,8 +125,8 @@ def test_pipeline_on_real_xrays_pretrained_scores_above_scratch_and_majority(
     )
     assert pretrained["balanced_accuracy"] > scratch["balanced_accuracy"]
     assert pretrained["balanced_accuracy"] > majority
-    # "beats" in README means the paired interval lies above 0; with cxr3's few test images it
-    # need not: the verdict follows the rule from the interval, whichever it is
+    # "beats" in docs/methods.md means the paired interval lies above 0; with cxr3's few test
+    # images it need not: the verdict follows the rule from the interval, whichever it is
     difference = pretrained["baselines"]["model_minus_majority"]
     interval = difference["balanced_accuracy"]
     rule = "beats" if interval["low"] > 0 else "inconclusive"

@@ -7,7 +7,7 @@ That a forced rerun trains anew and gives the same bytes is checked end to end
 (tests/pipeline/test_pipeline.py).
 
 What the emulation cannot show (a different CPU model with the same instruction sets, whose
-cache sizes may change how oneDNN blocks a convolution) is stated in the README."""
+cache sizes may change how oneDNN blocks a convolution) is stated in docs/reproducibility.md."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from tests.helpers.train_project import make_project, run_train, stage_env
 # Two machines: this one as it is (AVX-512 where its CPU has it) and an AVX2 CPU without
 # AVX-512, emulated by capping what each kernel library may use. CI may run on either kind of
 # CPU; on one without AVX-512 both are the same machine. (An older CPU without AVX2 cannot run
-# the pinned kernels at all: the stage warns, and README says so.)
+# the pinned kernels at all: the stage warns, and docs/reproducibility.md says so.)
 THIS_CPU: dict[str, str] = {}
 AVX2_CPU = {
     "ATEN_CPU_CAPABILITY": "avx2",

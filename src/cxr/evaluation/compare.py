@@ -403,7 +403,8 @@ def compare(
     if len(specs) < 2:
         raise CompareError(
             f"need at least two experiments to compare, got {list(specs)}: run some "
-            "(README: Comparing models) or name them: cxr-compare EXP_A EXP_B ..."
+            "(docs/methods.md: Comparing models you can believe) or name them: "
+            "cxr-compare EXP_A EXP_B ..."
         )
     runs = [load(spec, root, refs) for spec in specs]
     check_same_split(runs)
