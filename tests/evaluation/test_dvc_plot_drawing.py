@@ -17,6 +17,9 @@ import yaml
 from tests.helpers.browser import chromium, open_page
 from tests.helpers.project import PROJECT, run
 
+# the tests share one browser session (the `drawn` fixture): on one xdist worker
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("drawing")]
+
 POINTS = 25  # > 10: "10" < "2" as text
 
 # Vega's own scenegraph, after compiling the Vega-Lite spec DVC built: every line mark's

@@ -554,7 +554,7 @@ def _describe(errors: list[dict[str, Any]]) -> dict[str, list[str]]:
         message = error["msg"].removeprefix("Value error, ")
         unknown = error["type"] in {"extra_forbidden", "unexpected_keyword_argument"}
         if unknown:
-            message = "unknown key (a typo?); see the params reference in the README"
+            message = "unknown key (a typo?); params.yaml names every key, with a comment"
         elif not error["type"].startswith("missing") and not isinstance(
             error.get("input"), dict
         ):  # a whole section's input says nothing the message does not

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 from cxr.core.fsio import atomic_dir, save_figure
 from cxr.core.progress import progress
@@ -141,7 +142,32 @@ def cam_grid(
         _mask_legend(figure)
     if title:
         figure.suptitle(title, fontsize=11)
+    _freeze_layout(figure)
     return figure
+
+
+def _freeze_layout(figure: Figure, decimals: int = 6) -> None:
+    """Solve the constrained layout once, round every subfigure box and axes position, and
+    draw with the layout engine off. The solver's answer differs in its last bits from draw to
+    draw (it starts from the previous draw's positions) and from process to process; a mask
+    outline's vertices lie on a regular half-pixel grid, so a shift of 1e-13 px moved some of
+    them across Agg's 1/256-pixel rounding and 20-47 outline pixels of a grid came out one
+    intensity level apart between forced reruns (issue 23). Rounded to 1e-6 of the figure,
+    positions are the same numbers in every process, and so are the drawn bytes."""
+    figure.draw_without_rendering()  # runs the layout engine
+
+    def rounded(box: Bbox) -> Bbox:
+        return Bbox(np.round(box.get_points(), decimals))
+
+    def freeze(parent) -> None:
+        for sub in parent.subfigs:
+            sub._redo_transform_rel_fig(bbox=rounded(sub.bbox_relative))  # as the layout does
+            freeze(sub)
+        for axes in parent.axes:
+            axes.set_position(rounded(axes.get_position(original=True)), which="both")
+
+    figure.set_layout_engine("none")
+    freeze(figure)
 
 
 GRADCAM_OUTCOMES = ("correct", "wrong")
