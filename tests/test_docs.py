@@ -110,3 +110,37 @@ def test_readme_links_every_docs_page() -> None:
     linked = {link.partition("#")[0] for link in re.findall(r"\]\((docs/[^)\s]+)\)", text)}
     pages = {f"docs/{page}" for page in nav_pages()}
     assert pages <= linked, f"pages the README does not link: {sorted(pages - linked)}"
+
+
+def stage_table() -> dict[str, tuple[set[str], str]]:
+    """docs/methods.md's stage table: each stage's params (the `reads` column) and `writes`."""
+    text = (DOCS / "methods.md").read_text(encoding="utf-8")
+    table = text.split("## The stages", 1)[1].split("\n\n", 2)[1]
+    rows: dict[str, tuple[set[str], str]] = {}
+    for line in table.splitlines()[2:]:
+        stage, reads, writes = (cell.strip() for cell in line.strip("|").split(" | ", 2))
+        rows[stage.strip("`")] = (set(re.findall(r"`([^`]+)`", reads)), writes)
+    return rows
+
+
+def test_stage_table_matches_dvc_yaml() -> None:
+    """Every stage of dvc.yaml is a row, reading exactly the params dvc.yaml gives it and
+    naming every output it declares (issue 23: the table had drifted from the code)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    rows = stage_table()
+    assert list(rows) == list(stages)
+    for name, stage in stages.items():
+        params = {
+            key
+            for entry in stage.get("params", [])
+            for key in ([entry] if isinstance(entry, str) else entry)
+        }
+        reads, writes = rows[name]
+        assert reads == params, f"docs/methods.md, stage {name}: reads {reads}, dvc.yaml {params}"
+        outs = [
+            next(iter(out)) if isinstance(out, dict) else out
+            for key in ("outs", "metrics", "plots")
+            for out in stage.get(key, [])
+        ]
+        missing = [out for out in outs if f"`{out}" not in writes]
+        assert not missing, f"docs/methods.md, stage {name}: writes does not name {missing}"
