@@ -42,11 +42,11 @@ def _mark_type(layer: dict) -> str | None:
 
 
 def assert_numeric_order(layer: dict) -> None:
-    """The line is ordered by `point` converted to a number in the template (DVC passes it as
-    a string, which would order 10 before 2)."""
-    calculate = {"calculate": "toNumber(datum.point)", "as": "point_number"}
+    """The line is ordered by `point`, converted to a number in place by the template (DVC
+    passes it as a string, which would order 10 before 2)."""
+    calculate = {"calculate": "toNumber(datum.point)", "as": "point"}
     assert calculate in layer.get("transform", []), layer.get("transform")
-    assert layer["encoding"]["order"]["field"] == "point_number"
+    assert layer["encoding"]["order"] == {"field": "point", "type": "quantitative"}
 
 
 def test_roc_and_pr_are_one_chart_each_with_a_line_per_class_labelled_with_its_area(specs):
