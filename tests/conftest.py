@@ -105,10 +105,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if torch.cuda.is_available():
         return
     gpu_only = [item for item in items if item.get_closest_marker("cuda")]
+    config.stash[GPU_ONLY] = len(gpu_only)
     if gpu_only:
         items[:] = [item for item in items if item not in gpu_only]
         config.hook.pytest_deselected(items=gpu_only)
-        config.stash[GPU_ONLY] = len(gpu_only)
 
 
 def pytest_terminal_summary(
@@ -120,10 +120,14 @@ def pytest_terminal_summary(
 
     if hasattr(config, "workerinput") or torch.cuda.is_available():
         return
-    count = config.stash.get(GPU_ONLY, None)
+    count = config.stash.get(GPU_ONLY, None)  # None: xdist's controller, which collects none
     if count == 0:
         return
-    what = f"{count} CUDA test(s)" if count else "CUDA tests (marked cuda, if any were selected)"
+    what = (
+        "CUDA tests (marked cuda), if any were selected,"
+        if count is None
+        else f"{count} CUDA test(s)"
+    )
     terminalreporter.write_line(f"{what} deselected: torch sees no GPU here")
 
 
