@@ -145,7 +145,8 @@ def print_seed(seed: int, minutes: float, stdout: str, result: dict) -> None:
             f"{occlusion['lungs_hidden']['balanced_accuracy_ci']}"
         )
         print(f"  audit probes: {json.dumps(audit['probes'])[:600]}")
-    sets = result["deferral"].get("conformal")
+    # a copy's committed reports/deferral.json is the smoke profile's: read only if defer ran
+    sets = result["deferral"].get("conformal") if "defer" in stages else None
     if sets:
         test = sets["test"]
         per_class = ", ".join(
