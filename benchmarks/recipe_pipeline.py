@@ -25,6 +25,18 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 STAGE_LINE = re.compile(r"^Running stage '(\w+)'", re.M)
+# Stages in this run whose outputs DVC restored or kept, unchanged
+KEPT_LINE = re.compile(r"^Stage '(\w+)' (?:didn't change|is cached)", re.M)
+# What each reported file comes from: a stage outside the run (--stages) leaves the copy's
+# committed smoke-profile file in place, which must not be read as this run's
+REPORTS = {
+    "eval": ("evaluate", "reports/eval.json"),
+    "audit": ("audit", "reports/audit.json"),
+    "external": ("evaluate", "reports/external.json"),
+    "train": ("train", "metrics/train.json"),
+    "gradcam": ("gradcam", "metrics/gradcam.json"),
+    "deferral": ("defer", "reports/deferral.json"),
+}
 
 
 def readme_recipe() -> list[str]:
@@ -102,16 +114,12 @@ def _difference(entry: dict) -> str:
     return f"{d['difference']:+.3f} [{d['low']:.3f}, {d['high']:.3f}] ({entry['verdict']})"
 
 
-def summary(project: Path) -> dict:
-    """What the pipeline wrote that docs/results.md reports."""
-    report = _read(project, "reports/eval.json")
+def summary(project: Path, stdout: str) -> dict:
+    """What the run's stages wrote that docs/results.md reports ({} for a stage not in it)."""
+    in_run = set(STAGE_LINE.findall(stdout)) | set(KEPT_LINE.findall(stdout))
     return {
-        "eval": report,
-        "audit": _read(project, "reports/audit.json"),
-        "external": _read(project, "reports/external.json"),
-        "train": _read(project, "metrics/train.json"),
-        "gradcam": _read(project, "metrics/gradcam.json"),
-        "deferral": _read(project, "reports/deferral.json"),
+        key: _read(project, name) if stage in in_run else {}
+        for key, (stage, name) in REPORTS.items()
     }
 
 
@@ -145,8 +153,7 @@ def print_seed(seed: int, minutes: float, stdout: str, result: dict) -> None:
             f"{occlusion['lungs_hidden']['balanced_accuracy_ci']}"
         )
         print(f"  audit probes: {json.dumps(audit['probes'])[:600]}")
-    # a copy's committed reports/deferral.json is the smoke profile's: read only if defer ran
-    sets = result["deferral"].get("conformal") if "defer" in stages else None
+    sets = result["deferral"].get("conformal")
     if sets:
         test = sets["test"]
         per_class = ", ".join(
@@ -193,7 +200,7 @@ def main() -> None:
         project = copy_project(args.keep or Path(scratch) / "project")
         for seed in args.seeds:
             minutes, stdout = run_seed(project, command, seed)
-            results[seed] = {"minutes": minutes, **summary(project)}
+            results[seed] = {"minutes": minutes, **summary(project, stdout)}
             print_seed(seed, minutes, stdout, results[seed])
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
