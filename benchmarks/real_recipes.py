@@ -56,6 +56,8 @@ HEAD = {
     "train.epochs": 20,
     "lr": 0.003,
 }
+# The backbone's last two stages and the head, on their input computed once per image.
+TOP = {**HEAD, "train.finetune": "top", "train.top_blocks": 2}
 RECIPES: dict[str, dict[str, Any]] = {
     "scratch_resnet18_64px_old_default": {
         "augment.target": "majority",
@@ -77,14 +79,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "pretrained_head_label_smoothing": {**HEAD, "train.label_smoothing": 0.05},
     # The last two stages of the backbone adapt too, on their input computed once per image
     # (finetune: top), at 288 px: the best on cxrmix's 3-fold cross-validation (select_recipe.py).
-    "pretrained_top_2_blocks_288px": {
-        **HEAD,
-        "train.finetune": "top",
-        "train.top_blocks": 2,
-        "train.image_size": 288,
-    },
+    "pretrained_top_2_blocks_288px": {**TOP, "train.image_size": 288},
     # The same at 224 px: the recipe before 288 px was cross-validated.
-    "pretrained_top_2_blocks": {**HEAD, "train.finetune": "top", "train.top_blocks": 2},
+    "pretrained_top_2_blocks": TOP,
     "pretrained_full": RECIPE,
     "pretrained_unfreeze_after_2": {
         **RECIPE,
@@ -124,29 +121,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # cxrmix's images are 320 px on their short side: more of their detail reaches the model
     "full_256px": {**RECIPE, "train.image_size": 256},
     # the backbone's last stages adapt too, on their cached input (finetune: top)
-    "top_2_blocks": {**HEAD, "train.finetune": "top", "train.top_blocks": 2, "lr": 0.001},
-    "top_3_blocks": {**HEAD, "train.finetune": "top", "train.top_blocks": 3, "lr": 0.001},
-    "top_3_blocks_lr_0.003": {**HEAD, "train.finetune": "top", "train.top_blocks": 3},
-    "top_2_blocks_288px": {
-        **HEAD,
-        "train.finetune": "top",
-        "train.top_blocks": 2,
-        "lr": 0.001,
-        "train.image_size": 288,
-    },
-    "top_3_blocks_288px_lr_0.003": {
-        **HEAD,
-        "train.finetune": "top",
-        "train.top_blocks": 3,
-        "train.image_size": 288,
-    },
-    "top_2_blocks_smoothing_0.1": {
-        **HEAD,
-        "train.finetune": "top",
-        "train.top_blocks": 2,
-        "lr": 0.001,
-        "train.label_smoothing": 0.1,
-    },
+    "top_2_blocks": {**TOP, "lr": 0.001},
+    "top_3_blocks": {**TOP, "train.top_blocks": 3, "lr": 0.001},
+    "top_3_blocks_lr_0.003": {**TOP, "train.top_blocks": 3},
+    "top_2_blocks_288px": {**TOP, "lr": 0.001, "train.image_size": 288},
+    "top_3_blocks_288px_lr_0.003": {**TOP, "train.top_blocks": 3, "train.image_size": 288},
+    "top_2_blocks_smoothing_0.1": {**TOP, "lr": 0.001, "train.label_smoothing": 0.1},
 }
 EVERY = {**RECIPES, **VARIANTS}  # what `--only` takes
 
