@@ -4,14 +4,14 @@ can run exactly what README says")."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 import shlex
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
+
+from tests.helpers.benchmarks import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,21 +32,12 @@ def set_params(command: str) -> dict[str, object]:
     return {key: yaml.safe_load(value) for key, value in (p.split("=", 1) for p in pairs)}
 
 
-def benchmark_recipes() -> ModuleType:
-    path = ROOT / "benchmarks/real_recipes.py"
-    spec = importlib.util.spec_from_file_location("real_recipes", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_readme_recipe_is_the_measured_one() -> None:
     command = marked_block("recipe:cpu")
     assert command.split()[:3] == ["dvc", "exp", "run"], command
     settings = set_params(command)
     assert settings.pop("data.source") == "<folder>", settings
-    recipes = benchmark_recipes()
+    recipes = load_benchmark("real_recipes")
     assert settings == recipes.RECIPES[recipes.README_RECIPE], settings
 
 

@@ -1,0 +1,74 @@
+"""benchmarks/recipe_pipeline.py reads a report only if its stage was in the run, told from
+real DVC output: a stage outside the run leaves an older file that must not pass as this run's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers.benchmarks import load_benchmark
+from tests.helpers.project import git_commit, run
+
+pytestmark = pytest.mark.e2e
+
+
+def _stage(source: str, *outs: str) -> dict:
+    copies = " && ".join(f"cp {source} {out}" for out in outs)
+    return {"cmd": f"mkdir -p metrics reports && {copies}", "deps": [source], "outs": list(outs)}
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git+DVC repo with stand-ins for the reporting stages (each copies a JSON file) and a
+    stale report of every stage, as a copy of the project holds its committed smoke outputs."""
+    run(["git", "init", "-q", "-b", "main"], tmp_path)
+    run(["dvc", "init", "-q"], tmp_path)
+    for name in ("train", "evaluate", "audit"):
+        (tmp_path / f"{name}.in").write_text(json.dumps({"stage": name, "version": 1}))
+    stages = {
+        "train": _stage("train.in", "metrics/train.json"),
+        "evaluate": _stage("evaluate.in", "reports/eval.json", "reports/external.json"),
+        "audit": _stage("audit.in", "reports/audit.json"),
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    git_commit(tmp_path, "stages")
+    for name in (
+        "reports/eval.json",
+        "reports/audit.json",
+        "reports/external.json",
+        "metrics/gradcam.json",
+        "reports/deferral.json",
+    ):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(json.dumps({"stale": True}))
+    return tmp_path
+
+
+def test_summary_reads_only_stages_that_ran_were_kept_or_restored(repo: Path) -> None:
+    pipeline = load_benchmark("recipe_pipeline")
+
+    only_train = run(["dvc", "repro", "train"], repo).stdout
+    result = pipeline.summary(repo, only_train)
+    assert result["train"] == {"stage": "train", "version": 1}, only_train
+    # evaluate and audit were not in the run: their stale files are not read
+    assert result["eval"] == result["audit"] == result["external"] == {}, result
+    assert result["gradcam"] == result["deferral"] == {}, result
+
+    run(["dvc", "repro"], repo)
+    (repo / "evaluate.in").write_text(json.dumps({"stage": "evaluate", "version": 2}))
+    changed = run(["dvc", "repro"], repo).stdout
+    assert pipeline.STAGE_LINE.findall(changed) == ["evaluate"], changed
+    result = pipeline.summary(repo, changed)
+    assert result["eval"]["version"] == 2, result
+    # unchanged stages are still this run's: DVC kept their outputs
+    assert result["train"]["stage"] == "train" and result["audit"]["stage"] == "audit", changed
+
+    (repo / "evaluate.in").write_text(json.dumps({"stage": "evaluate", "version": 1}))
+    restored = run(["dvc", "repro"], repo).stdout
+    assert pipeline.STAGE_LINE.findall(restored) == [], restored  # nothing ran: run cache
+    result = pipeline.summary(repo, restored)
+    assert result["eval"] == result["external"] == {"stage": "evaluate", "version": 1}, restored
+    assert result["gradcam"] == result["deferral"] == {}, result
