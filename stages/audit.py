@@ -1,9 +1,9 @@
 """Stage `audit`: did the model learn the disease or the hospital (cxr.evaluation.audit)?
 
 Scores the test split intact, with the lung field hidden and with only the lung field kept;
-probes the penultimate-layer embeddings of the train, val and test images for the image's
-source and, within each source holding several classes, for the class; reads the Grad-CAM
-energy outside the lungs from the gradcam stage. Writes reports/audit.json, metrics/audit.json
+probes the penultimate-layer embeddings of the val and test images (the model was not fitted
+to them) for the image's source and, within each source holding several classes, for the
+class; reads the Grad-CAM energy outside the lungs from the gradcam stage. Writes reports/audit.json, metrics/audit.json
 (the headline), plots/audit.csv and plots/audit.png; the figure goes to the MLflow run under
 audit/. The headline numbers and the time the stage took are printed last.
 """
@@ -45,7 +45,10 @@ from cxr.training.checkpoint import load_checkpoint
 from cxr.training.pixels import load_split
 from cxr.training.runtime import configure, enter_reproducible_mode, select_device
 
-SPLITS = ("train", "val", "test")  # the probes' images; test, last, is also occluded
+# The probes' images: only those the model was not fitted to. On its training images the
+# embeddings are fitted to the class, so a probe finds the class within every source there
+# whatever the model does on new images. Test, last, is also occluded.
+SPLITS = ("val", "test")
 
 
 def main() -> None:
