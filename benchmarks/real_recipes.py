@@ -127,6 +127,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "top_2_blocks_288px": {**TOP, "lr": 0.001, "train.image_size": 288},
     "top_3_blocks_288px_lr_0.003": {**TOP, "train.top_blocks": 3, "train.image_size": 288},
     "top_2_blocks_smoothing_0.1": {**TOP, "lr": 0.001, "train.label_smoothing": 0.1},
+    # the recipe with label smoothing: NIH's labels are mined from reports, some are wrong
+    "top_2_blocks_288px_smoothing_0.1": {
+        **TOP,
+        "train.image_size": 288,
+        "train.label_smoothing": 0.1,
+    },
 }
 EVERY = {**RECIPES, **VARIANTS}  # what `--only` takes
 

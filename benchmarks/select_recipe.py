@@ -78,6 +78,7 @@ def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict
     groups = [units[f"{path.parent.name}/{path.name}"] for path in pool.files]
     truth = pool.labels.numpy()
     predicted = np.full_like(truth, -1)
+    kept: list[int] = []  # each fold's kept epoch: how many epochs the recipe needs
     splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=0)
     for fold, (fit_rows, held_rows) in enumerate(splitter.split(truth, truth, groups)):
         fold_cfg = dataclasses.replace(cfg, seed=fold)
@@ -86,6 +87,7 @@ def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict
         held = subset(pool, held_rows)
         result = fit(model, subset(pool, fit_rows), held, fold_cfg, params.lr, device)
         model.load_state_dict(result.best_state)
+        kept.append(result.best_epoch)
         logits = predict_logits(model, cfg.model, held.pixels, 64, device)
         predicted[held_rows] = logits.argmax(1).numpy()
     assert (predicted >= 0).all()
@@ -94,6 +96,7 @@ def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict
         "balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
         "recall": dict(zip(pool.classes, map(float, recall), strict=True)),
         "images": len(truth),
+        "kept_epochs": kept,
     }
 
 
@@ -118,7 +121,8 @@ def main() -> None:
             recall = ", ".join(f"{c} {r:.2f}" for c, r in scores[name]["recall"].items())
             print(
                 f"{name:36s} {args.folds}-fold balanced accuracy "
-                f"{scores[name]['balanced_accuracy']:.3f} (recall {recall}), "
+                f"{scores[name]['balanced_accuracy']:.3f} (recall {recall}), kept epochs "
+                f"{scores[name]['kept_epochs']} of {params.train.epochs}, "
                 f"{(time.perf_counter() - start) / 60:.1f} min",
                 flush=True,
             )
