@@ -3,9 +3,10 @@
 Scores the test split intact, with the lung field hidden and with only the lung field kept;
 probes the penultimate-layer embeddings of the val and test images (the model was not fitted
 to them) for the image's source and, within each source holding several classes, for the
-class; reads the Grad-CAM energy outside the lungs from the gradcam stage. Writes reports/audit.json, metrics/audit.json
-(the headline), plots/audit.csv and plots/audit.png; the figure goes to the MLflow run under
-audit/. The headline numbers and the time the stage took are printed last.
+class; reads the Grad-CAM energy outside the lungs from the gradcam stage. Writes
+reports/audit.json, metrics/audit.json (the headline), plots/audit.csv and plots/audit.png; the
+figure goes to the MLflow run under audit/. The headline numbers and the time the stage took
+are printed last.
 """
 
 from cxr.training.kernels import pin_kernels
