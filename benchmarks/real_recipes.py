@@ -135,6 +135,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "top_2_blocks_288px": {**TOP, "lr": 0.001, "train.image_size": 288},
     "top_3_blocks_288px_lr_0.003": {**TOP, "train.top_blocks": 3, "train.image_size": 288},
     "top_2_blocks_smoothing_0.1": {**TOP, "lr": 0.001, "train.label_smoothing": 0.1},
+    # the README recipe on CLAHE-equalised images: each source's contrast evened out, so less
+    # of the source's look reaches the model
+    "top_2_blocks_288px_smoothing_0.1_clahe": {
+        **RECIPES[README_RECIPE],
+        "preprocess.method": "clahe",
+    },
 }
 EVERY = {**RECIPES, **VARIANTS}  # what `--only` takes
 

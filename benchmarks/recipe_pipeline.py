@@ -23,19 +23,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
+from cxr.core import layout
+
 PROJECT = Path(__file__).resolve().parents[1]
 STAGE_LINE = re.compile(r"^Running stage '(\w+)'", re.M)
 # Stages in this run whose outputs DVC restored or kept, unchanged
 KEPT_LINE = re.compile(r"^Stage '(\w+)' (?:didn't change|is cached)", re.M)
-# What each reported file comes from: a stage outside the run (--stages) leaves the copy's
-# committed smoke-profile file in place, which must not be read as this run's
+# What is reported, where the pipeline writes it. A report is read only if the stage that
+# writes it (dvc.yaml's outs) was in the run: a stage outside the run (--stages) leaves the
+# copy's committed smoke-profile file in place, which must not be read as this run's.
 REPORTS = {
-    "eval": ("evaluate", "reports/eval.json"),
-    "audit": ("audit", "reports/audit.json"),
-    "external": ("evaluate", "reports/external.json"),
-    "train": ("train", "metrics/train.json"),
-    "gradcam": ("gradcam", "metrics/gradcam.json"),
-    "deferral": ("defer", "reports/deferral.json"),
+    "eval": layout.EVAL_REPORT,
+    "audit": layout.AUDIT_REPORT,
+    "external": layout.EXTERNAL_REPORT,
+    "train": layout.TRAIN_METRICS,
+    "gradcam": layout.GRADCAM_METRICS,
+    "deferral": layout.DEFERRAL_REPORT,
 }
 
 
@@ -97,7 +102,7 @@ def _env(project: Path) -> dict[str, str]:
     return env
 
 
-def _read(project: Path, name: str) -> dict:
+def _read(project: Path, name: Path) -> dict:
     path = project / name
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -114,12 +119,24 @@ def _difference(entry: dict) -> str:
     return f"{d['difference']:+.3f} [{d['low']:.3f}, {d['high']:.3f}] ({entry['verdict']})"
 
 
+def writers(project: Path) -> dict[Path, str]:
+    """Each output, metric and plot path of the project's dvc.yaml -> the stage writing it."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    return {
+        Path(entry if isinstance(entry, str) else next(iter(entry))): stage
+        for stage, spec in stages.items()
+        for kind in ("outs", "metrics", "plots")
+        for entry in spec.get(kind, [])
+    }
+
+
 def summary(project: Path, stdout: str) -> dict:
     """What the run's stages wrote that docs/results.md reports ({} for a stage not in it)."""
     in_run = set(STAGE_LINE.findall(stdout)) | set(KEPT_LINE.findall(stdout))
+    writer = writers(project)
     return {
-        key: _read(project, name) if stage in in_run else {}
-        for key, (stage, name) in REPORTS.items()
+        key: _read(project, path) if writer.get(path) in in_run else {}
+        for key, path in REPORTS.items()
     }
 
 

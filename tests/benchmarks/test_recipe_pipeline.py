@@ -72,3 +72,17 @@ def test_summary_reads_only_stages_that_ran_were_kept_or_restored(repo: Path) ->
     result = pipeline.summary(repo, restored)
     assert result["eval"] == result["external"] == {"stage": "evaluate", "version": 1}, restored
     assert result["gradcam"] == result["deferral"] == {}, result
+
+
+def test_every_report_is_written_by_a_stage_of_the_projects_pipeline() -> None:
+    pipeline = load_benchmark("recipe_pipeline")
+    writer = pipeline.writers(pipeline.PROJECT)
+    stages = {key: writer.get(path) for key, path in pipeline.REPORTS.items()}
+    assert stages == {
+        "eval": "evaluate",
+        "audit": "audit",
+        "external": "evaluate",
+        "train": "train",
+        "gradcam": "gradcam",
+        "deferral": "defer",
+    }, stages
