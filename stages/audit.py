@@ -24,7 +24,7 @@ from cxr.core import layout
 from cxr.core.config import load_params
 from cxr.core.errors import run_stage
 from cxr.core.fsio import read_json, save_figure, write_csv, write_json
-from cxr.data.metadata import metadata_for, read_metadata
+from cxr.data.metadata import metadata_for, patient_groups, read_metadata
 from cxr.evaluation.audit import (
     CONDITIONS,
     audit_figure,
@@ -75,7 +75,8 @@ def main() -> None:
         views = occluded_views(test.pixels, fields, cfg.fill)
         for condition in CONDITIONS[1:]:
             scored[condition] = probabilities_of(model, card.arch, views[condition], batch, device)
-        occlusion = occlusion_report(labels[-1], scored, card.classes, params.evaluate)
+        patients = patient_groups(rows[-1], params.split.group_by)
+        occlusion = occlusion_report(labels[-1], scored, card.classes, params.evaluate, patients)
         occlusion.update(lung_masks=masked, lung_boxes=len(masks) - masked, fill=cfg.fill)
         report = {
             "occlusion": occlusion,
@@ -85,6 +86,7 @@ def main() -> None:
                 pd.concat(rows, ignore_index=True),
                 card.classes,
                 cfg,
+                params.split.group_by,
             ),
             "gradcam": gradcam_section(read_json(layout.GRADCAM_REPORT)),
         }

@@ -45,7 +45,10 @@ def main() -> None:
         configure(params.train, device)
         model, card = load_checkpoint(layout.MODEL, device)
         metadata = read_metadata(layout.METADATA)
-        result = evaluate_model(model, card, layout.SPLIT, params.evaluate, device, metadata)
+        group_by = params.split.group_by  # a patient's images are resampled together
+        result = evaluate_model(
+            model, card, layout.SPLIT, params.evaluate, device, metadata, group_by
+        )
         external = evaluate_external(
             model,
             card,
@@ -56,6 +59,7 @@ def main() -> None:
             index_folder(layout.SPLIT / "train", card.classes),
             metadata,
             device,
+            group_by,
         )
         write_evaluation(result)
         write_json(layout.EXTERNAL_REPORT, external)

@@ -25,7 +25,6 @@ from cxr.evaluation.audit import (
     occluded_views,
     occlusion_report,
     probe,
-    probe_groups,
     probe_splitter,
     probes,
     summary_lines,
@@ -34,6 +33,7 @@ from cxr.evaluation.audit import (
 from tests.helpers.project import EVAL_CLASSES, copy_project, make_split_folders, run, set_params
 
 CLASSES = ("COVID", "Normal", "Pneumonia")
+ALONE_90 = np.arange(90)  # 90 images, each its own patient
 
 
 # --- occlusion ---------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def conditions(y: np.ndarray, hidden: np.ndarray) -> dict[str, np.ndarray]:
 def test_a_model_right_with_the_lungs_hidden_is_a_shortcut() -> None:
     y = np.repeat([0, 1, 2], 30)
     report = occlusion_report(
-        y, conditions(y, np.eye(3)[y]), CLASSES, EvaluateConfig(bootstrap_resamples=100)
+        y, conditions(y, np.eye(3)[y]), CLASSES, EvaluateConfig(bootstrap_resamples=100), ALONE_90
     )
     assert report["verdict"] == "shortcut"
     assert report["chance"] == pytest.approx(1 / 3, abs=1e-6)
@@ -126,7 +126,7 @@ def test_a_model_at_chance_with_the_lungs_hidden_shows_no_evidence() -> None:
     y = np.repeat([0, 1, 2], 30)
     always_covid = np.tile([0.8, 0.1, 0.1], (90, 1))  # recall 1, 0, 0: balanced 1/3
     report = occlusion_report(
-        y, conditions(y, always_covid), CLASSES, EvaluateConfig(bootstrap_resamples=100)
+        y, conditions(y, always_covid), CLASSES, EvaluateConfig(bootstrap_resamples=100), ALONE_90
     )
     assert report["verdict"] == "no_evidence"
     hidden = report["lungs_hidden"]
@@ -156,8 +156,8 @@ def test_above_chance_with_an_interval_reaching_it_is_inconclusive() -> None:
 def test_plot_rows_and_figure_hold_each_class_and_the_balanced_accuracy() -> None:
     y = np.repeat([0, 1, 2], 10)
     report = occlusion_report(
-        y, conditions(y, np.eye(3)[y]), CLASSES, EvaluateConfig(bootstrap_resamples=0)
-    )
+        y, conditions(y, np.eye(3)[y]), CLASSES, EvaluateConfig(bootstrap_resamples=0), y * 0
+    )  # resamples 0: the patients play no part
     rows = audit_rows(report, CLASSES)
     assert list(rows.columns) == ["condition", "class", "bar", "value"]
     assert len(rows) == 3 * (len(CLASSES) + 1) and rows["bar"].is_unique
@@ -201,15 +201,6 @@ def test_probe_folds_never_split_a_patient() -> None:
     assert sorted(tested) == list(range(90))  # every image scored once
 
 
-def test_groups_are_patients_within_their_source_else_the_image() -> None:
-    metadata = pd.DataFrame({"source": ["a", "b", "a", "a"], "patient": ["1", "1", "", "1"]})
-    groups = probe_groups(metadata)
-    assert groups[0] == groups[3]  # same source, same patient
-    assert groups[0] != groups[1]  # patient "1" of another source is someone else
-    assert len(set(groups)) == 3
-    assert len(set(probe_groups(pd.DataFrame({"source": ["a"] * 4})))) == 4
-
-
 def test_sources_with_too_few_images_are_dropped_and_named() -> None:
     rng = np.random.default_rng(3)
     source = np.array(["a"] * 20 + ["b"] * 20 + ["tiny"] * 2)
@@ -227,13 +218,14 @@ def test_probes_skip_without_a_source_and_probe_classes_within_a_mixed_source() 
     labels = np.repeat([0, 1, 2], 20)
     features = rng.normal(size=(60, 4))
     features[:, 0] += 5 * (labels == 1)  # Normal stands apart from COVID
-    assert "skipped" in probes(features, labels, pd.DataFrame(index=range(60)), CLASSES, cfg)
+    no_metadata = pd.DataFrame(index=range(60))
+    assert "skipped" in probes(features, labels, no_metadata, CLASSES, cfg, "patient")
     no_values = pd.DataFrame({"source": [""] * 60})
-    assert "skipped" in probes(features, labels, no_values, CLASSES, cfg)
+    assert "skipped" in probes(features, labels, no_values, CLASSES, cfg, "patient")
     metadata = pd.DataFrame(
         {"source": ["site"] * 40 + ["nih"] * 20, "patient": [f"p{i}" for i in range(60)]}
     )
-    found = probes(features, labels, metadata, CLASSES, cfg)
+    found = probes(features, labels, metadata, CLASSES, cfg, "patient")
     assert list(found["class_within_source"]) == ["site"]  # nih holds one class only
     within = found["class_within_source"]["site"]
     assert within["values"] == {"COVID": 20, "Normal": 20}
@@ -245,6 +237,7 @@ def test_probes_skip_without_a_source_and_probe_classes_within_a_mixed_source() 
             conditions(labels, np.eye(3)[labels]),
             CLASSES,
             EvaluateConfig(bootstrap_resamples=0),
+            np.arange(60),
         ),
         "probes": found,
         "gradcam": gradcam_section({}),

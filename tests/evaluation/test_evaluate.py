@@ -116,7 +116,7 @@ def test_evaluate_model_without_temperature_scaling_never_reads_val(tmp_path: Pa
     cfg = EvaluateConfig(bootstrap_resamples=20, temperature_scaling=False)
     metadata = read_metadata(tmp_path / "data/metadata.csv")
     split = tmp_path / "data/split"
-    result = evaluate_model(model, card, split, cfg, torch.device("cpu"), metadata)
+    result = evaluate_model(model, card, split, cfg, torch.device("cpu"), metadata, "patient")
     assert set(result.reliability) == {"uncalibrated"}
     assert "temperature" not in result.report["calibration"]
     assert result.files == sorted(result.files) and len(result.files) == 12
@@ -124,6 +124,7 @@ def test_evaluate_model_without_temperature_scaling_never_reads_val(tmp_path: Pa
     assert np.allclose(result.probabilities.sum(1), 1, atol=1e-5)
     assert result.report["test_images"] == 12
     assert "on 12 images" in summary_line(result)
+    assert result.report["bootstrap_units"] == 12  # no patient column: each image alone
     figures = evaluation_figures(result)
     assert set(figures) == {
         "confusion_matrix.png",

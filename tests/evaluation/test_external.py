@@ -42,7 +42,9 @@ def test_metrics_are_over_the_classes_present() -> None:
     probabilities = rng.dirichlet(np.ones(3), 120)
     probabilities[y == 2, 2] += 0.5
     probabilities /= probabilities.sum(1, keepdims=True)
-    report = present_metrics(y, probabilities, CLASSES, EvaluateConfig(bootstrap_resamples=200))
+    report = present_metrics(
+        y, probabilities, CLASSES, EvaluateConfig(bootstrap_resamples=200), np.arange(120)
+    )
     predicted = probabilities.argmax(1)
     assert report["classes_present"] == ["COVID", "Pneumonia"]
     assert set(report["per_class"]) == {"COVID", "Pneumonia"}
@@ -55,6 +57,6 @@ def test_metrics_are_over_the_classes_present() -> None:
     low, high = report["balanced_accuracy_ci"]["low"], report["balanced_accuracy_ci"]["high"]
     assert low <= report["balanced_accuracy"] <= high
     one_class = present_metrics(np.zeros(5, int), np.eye(3)[[0, 0, 1, 0, 2]], CLASSES,
-                                EvaluateConfig(bootstrap_resamples=0))  # fmt: skip
+                                EvaluateConfig(bootstrap_resamples=0), np.arange(5))  # fmt: skip
     assert one_class["balanced_accuracy"] == pytest.approx(0.6)
     assert one_class["per_class"]["COVID"]["roc_auc"] is None  # undefined with one class

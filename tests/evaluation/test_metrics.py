@@ -166,3 +166,65 @@ def test_paired_bootstrap_difference_is_the_resampled_gap() -> None:
     gaps = [accuracy(y_true[i], a[i]) - accuracy(y_true[i], b[i]) for i in draws]
     assert result["low"] == pytest.approx(np.quantile(gaps, 0.025), abs=1e-6)
     assert result["high"] == pytest.approx(np.quantile(gaps, 0.975), abs=1e-6)
+
+
+# --- patient-level (cluster) bootstrap ------------------------------------------------------
+
+
+def _accuracy(t: np.ndarray, p: np.ndarray) -> float:
+    return float((p.argmax(1) == t).mean())
+
+
+def test_patients_of_one_image_each_resample_exactly_as_images() -> None:
+    from cxr.evaluation.metrics import resample_rows
+
+    images = resample_rows(np.random.default_rng(4), 50, 30)
+    alone = resample_rows(np.random.default_rng(4), 50, 30, np.arange(50).astype(str))
+    assert all((a == b).all() for a, b in zip(images, alone, strict=True))
+
+
+def test_a_resample_brings_every_image_of_each_drawn_patient() -> None:
+    from cxr.evaluation.metrics import resample_rows
+
+    patients = np.array(["p", "q", "p", "r", "q", "p"])
+    for rows in resample_rows(np.random.default_rng(0), 6, 50, patients):
+        drawn = patients[rows]
+        # each patient comes with all its images, as many times as it was drawn
+        for patient in set(drawn):
+            assert (drawn == patient).sum() % (patients == patient).sum() == 0
+        counts = {p: (drawn == p).sum() // (patients == p).sum() for p in set(drawn)}
+        assert sum(counts.values()) == 3  # three patients drawn per resample
+
+
+def test_patients_whose_images_share_the_outcome_widen_the_interval() -> None:
+    from cxr.evaluation.metrics import bootstrap_ci, paired_bootstrap_difference
+
+    # 20 patients of 6 images each; a patient's images are all right or all wrong
+    rng = np.random.default_rng(1)
+    patients = np.repeat(np.arange(20), 6)
+    y_true = rng.integers(0, 3, 120)
+    right = np.repeat(rng.random(20) < 0.6, 6)
+    scores = np.eye(3)[np.where(right, y_true, (y_true + 1) % 3)]
+    by_image = bootstrap_ci(y_true, scores, _accuracy, 500, 0.95, 0)
+    by_patient = bootstrap_ci(y_true, scores, _accuracy, 500, 0.95, 0, patients)
+    image_width = by_image["high"] - by_image["low"]
+    patient_width = by_patient["high"] - by_patient["low"]
+    # 20 independent outcomes, not 120: about sqrt(6) ~ 2.4 times as wide
+    assert patient_width > 1.8 * image_width, (image_width, patient_width)
+    # one patient holding every image: each resample is the whole set, no spread at all
+    whole = bootstrap_ci(y_true, scores, _accuracy, 100, 0.95, 0, np.zeros(120))
+    assert whole["low"] == whole["high"] == pytest.approx(_accuracy(y_true, scores))
+    paired = paired_bootstrap_difference(
+        y_true, scores, np.eye(3)[y_true], _accuracy, 300, 0.95, 0, patients
+    )
+    assert paired["low"] < paired["difference"] < paired["high"] < 0
+
+
+def test_classification_metrics_say_how_many_units_were_resampled() -> None:
+    y_true, probabilities = noisy_predictions(60, np.random.default_rng(2))
+    by_image = classification_metrics(y_true, probabilities, CLASSES, resamples=50)
+    patients = np.repeat(np.arange(20), 3)
+    by_patient = classification_metrics(y_true, probabilities, CLASSES, 50, 0.95, 0, patients)
+    assert by_image["bootstrap_units"] == 60 and by_patient["bootstrap_units"] == 20
+    assert by_image["balanced_accuracy"] == by_patient["balanced_accuracy"]
+    assert by_image["balanced_accuracy_ci"] != by_patient["balanced_accuracy_ci"]

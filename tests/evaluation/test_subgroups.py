@@ -54,7 +54,7 @@ def test_per_group_metrics_equal_scikit_learn_on_each_group() -> None:
     )
     report = subgroup_report(
         y, probabilities, metadata, CLASSES, ["source", "sex", "view", "age"], (40, 60, 80),
-        200, 0.95, 0,
+        200, 0.95, 0, np.arange(300),
     )  # fmt: skip
     assert report["skipped"] == ["view"]  # not in the metadata: listed, not invented
     assert set(report["sex"]) == {"F", "M", "unknown"}
@@ -73,7 +73,8 @@ def test_per_group_metrics_equal_scikit_learn_on_each_group() -> None:
                 assert entry["recall"][name] == pytest.approx((predicted[rows][truth] == k).mean())
             ci = entry["balanced_accuracy_ci"]
             assert ci["low"] <= entry["balanced_accuracy"] <= ci["high"]
-    # the interval is the percentile bootstrap over the group's own images, recomputed here
+    # the interval is the percentile bootstrap over the group's own images (each its own
+    # patient here), recomputed
     rows = (metadata["source"] == "nih").to_numpy()
     draws = np.random.default_rng(0).integers(0, rows.sum(), size=(200, rows.sum()))
     values = [balanced_accuracy_score(y[rows][d], predicted[rows][d]) for d in draws]
@@ -88,7 +89,9 @@ def test_per_group_metrics_equal_scikit_learn_on_each_group() -> None:
 def test_a_group_without_a_class_reports_no_recall_for_it() -> None:
     y = np.array([0, 0, 1, 1, 2, 2])
     metadata = pd.DataFrame({"source": ["a", "a", "b", "b", "b", "b"]})
-    report = subgroup_report(y, np.eye(3)[y], metadata, CLASSES, ["source"], (40,), 0, 0.95, 0)
+    report = subgroup_report(
+        y, np.eye(3)[y], metadata, CLASSES, ["source"], (40,), 0, 0.95, 0, np.arange(6)
+    )
     assert report["source"]["a"]["recall"] == {"COVID": 1.0, "Normal": None, "Pneumonia": None}
     assert report["source"]["b"]["balanced_accuracy"] == 1.0
 

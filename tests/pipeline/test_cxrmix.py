@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.helpers.project import copy_project, run, set_params
@@ -50,6 +51,14 @@ def test_leave_hannover_out_and_score_it_as_an_external_folder(
     assert sum(g["images"] for g in report["subgroups"]["source"].values()) == report["test_images"]
     assert "Normal" in report["confounding"]["confounded"]
     assert report["baselines"]["source_only"]["balanced_accuracy"] > 0.4
+    # the intervals resample patients: cxrmix's test split holds patients with several films
+    metadata = pd.read_csv(project / "data/metadata.csv", dtype=str, keep_default_na=False)
+    tested = {f"{f.parent.name}/{f.name}" for f in (project / "data/split/test").glob("*/*")}
+    rows = metadata[metadata["file"].isin(tested)]
+    assert len(rows) == report["test_images"]
+    patients = len(rows.groupby(["source", "patient"]))
+    assert report["bootstrap_units"] == patients < report["test_images"]
+    assert f"of {patients} patients" in done.stdout
     external = json.loads((project / "reports/external.json").read_text())[str(held_out)]
     assert external["images"] == 70
     assert external["classes_present"] == ["COVID"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 # Written by the download stage beside the metadata columns; never a subgroup or feature.
@@ -36,3 +37,15 @@ def metadata_for(files: Sequence[Path | str], metadata: pd.DataFrame) -> pd.Data
     keys = [image_key(f) for f in files]
     rows = metadata.reindex(keys)[columns] if columns else pd.DataFrame(index=keys)
     return rows.fillna("").reset_index(drop=True)
+
+
+def patient_groups(metadata: pd.DataFrame, column: str) -> np.ndarray:
+    """Each row's patient, `<source>/<value of column>` (a patient id is unique only within its
+    source), or the image alone (`image <row>`) where it names none or `column` is "" or
+    absent: what a patient-grouped fold or a patient-level bootstrap keeps together."""
+    own = pd.Series([f"image {i}" for i in range(len(metadata))], index=metadata.index)
+    if not column or column not in metadata.columns:
+        return own.to_numpy()
+    source = metadata["source"] if "source" in metadata.columns else ""
+    named = source + "/" + metadata[column]
+    return named.where(metadata[column] != "", own).to_numpy()

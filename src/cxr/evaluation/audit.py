@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from cxr.core.config import AuditConfig, EvaluateConfig
+from cxr.data.metadata import patient_groups
 from cxr.evaluation.metrics import bootstrap_ci, paired_bootstrap_difference
 from cxr.training.inference import predict_logits
 from cxr.training.scores import balanced_accuracy
@@ -89,12 +90,17 @@ def _accuracy(t: np.ndarray, p: np.ndarray) -> float:
 
 
 def condition_scores(
-    y: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], cfg: EvaluateConfig
+    y: np.ndarray,
+    probabilities: np.ndarray,
+    classes: tuple[str, ...],
+    cfg: EvaluateConfig,
+    patients: np.ndarray,
 ) -> dict:
-    """Accuracy and balanced accuracy with bootstrap intervals, and the recall of each class
-    (null for a class absent from the test split)."""
+    """Accuracy and balanced accuracy with bootstrap intervals (resampling `patients`, one
+    label per image), and the recall of each class (null for a class absent from the test
+    split)."""
     predicted = probabilities.argmax(1)
-    boot = (cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
+    boot = (cfg.bootstrap_resamples, cfg.confidence, cfg.seed, patients)
     return {
         "accuracy": round(_accuracy(y, probabilities), 6),
         "accuracy_ci": bootstrap_ci(y, probabilities, _accuracy, *boot),
@@ -123,10 +129,14 @@ def occlusion_report(
     probabilities: dict[str, np.ndarray],
     classes: tuple[str, ...],
     cfg: EvaluateConfig,
+    patients: np.ndarray,
 ) -> dict:
     """Each condition's scores, each occluded one minus intact (balanced accuracy, paired
-    bootstrap), chance (1 / classes) and the verdict."""
-    report: dict = {c: condition_scores(y, probabilities[c], classes, cfg) for c in CONDITIONS}
+    bootstrap), chance (1 / classes) and the verdict; the intervals resample `patients` (one
+    label per image: cxr.data.metadata.patient_groups)."""
+    report: dict = {
+        c: condition_scores(y, probabilities[c], classes, cfg, patients) for c in CONDITIONS
+    }
     for condition in CONDITIONS[1:]:
         report[condition]["minus_intact"] = paired_bootstrap_difference(
             y,
@@ -136,6 +146,7 @@ def occlusion_report(
             cfg.bootstrap_resamples,
             cfg.confidence,
             cfg.seed,
+            patients,
         )
     chance = 1.0 / len(classes)
     report["chance"] = round(chance, 6)
@@ -232,17 +243,6 @@ def probe(
     }
 
 
-def probe_groups(metadata: pd.DataFrame) -> np.ndarray:
-    """Each image's group for the folds: `<source>/<patient>` where the metadata names the
-    patient, else the image itself (its row)."""
-    own = pd.Series([f"image {i}" for i in range(len(metadata))], index=metadata.index)
-    if "patient" not in metadata.columns:
-        return own.to_numpy()
-    source = metadata["source"] if "source" in metadata.columns else ""
-    named = source + "/" + metadata["patient"]
-    return named.where(metadata["patient"] != "", own).to_numpy()
-
-
 def mixed_sources(
     sources: np.ndarray, names: np.ndarray, groups: np.ndarray, folds: int
 ) -> list[str]:
@@ -262,15 +262,17 @@ def probes(
     metadata: pd.DataFrame,
     classes: tuple[str, ...],
     cfg: AuditConfig,
+    group_by: str,
 ) -> dict:
     """The source probe over every image that names its source, and the class probe within
-    each source holding at least two classes of `probe_folds` images or more. `metadata` has
-    one row per image (cxr.data.metadata.metadata_for), in the order of `features`."""
+    each source holding at least two classes of `probe_folds` images or more, in folds that
+    keep each patient (metadata column `group_by`) together. `metadata` has one row per image
+    (cxr.data.metadata.metadata_for), in the order of `features`."""
     if "source" not in metadata.columns or not (metadata["source"] != "").any():
         return {"skipped": "the metadata names no source (data/metadata.csv has no source column)"}
     named = (metadata["source"] != "").to_numpy()
     sources = metadata["source"].to_numpy()[named]
-    groups = probe_groups(metadata)[named]
+    groups = patient_groups(metadata, group_by)[named]
     features, names = features[named], np.asarray(classes)[labels][named]
     args = (cfg.probe_folds, cfg.probe_c, cfg.seed)
     within = {}

@@ -22,7 +22,7 @@ from torch import nn
 from cxr.core import layout
 from cxr.core.config import EvaluateConfig
 from cxr.core.fsio import write_csv, write_json
-from cxr.data.metadata import metadata_for
+from cxr.data.metadata import metadata_for, patient_groups
 from cxr.evaluation.calibration import (
     calibration_summary,
     fit_temperature,
@@ -111,9 +111,11 @@ def baselines_and_groups(
     train: FolderIndex,
     train_metadata: pd.DataFrame,
     cfg: EvaluateConfig,
+    patients: np.ndarray,
 ) -> dict:
     """The baselines (majority, stratified and, where the metadata names sources, source-only),
-    the results per subgroup, and how far each class comes from one source.
+    the results per subgroup, and how far each class comes from one source; intervals
+    resample `patients` (one label per test image: cxr.data.metadata.patient_groups).
 
     The baselines know the train split only (its class shares; its sources and views), never
     the test labels."""
@@ -127,10 +129,17 @@ def baselines_and_groups(
     boot = (cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
     sections = {
         "baselines": baseline_report(
-            y_true, probabilities, train_labels, classes, *boot, others=others
+            y_true, probabilities, train_labels, classes, *boot, others=others, groups=patients
         ),
         "subgroups": subgroup_report(
-            y_true, probabilities, test_metadata, classes, cfg.subgroups, cfg.age_bands, *boot
+            y_true,
+            probabilities,
+            test_metadata,
+            classes,
+            cfg.subgroups,
+            cfg.age_bands,
+            *boot,
+            patients,
         ),
     }
     if seen is not None:
@@ -147,24 +156,28 @@ def evaluate_model(
     cfg: EvaluateConfig,
     device: torch.device,
     metadata: pd.DataFrame,
+    group_by: str,
 ) -> Evaluation:
     """Score `model` on `split_root`/test (and fit calibration on `split_root`/val);
-    `metadata` (cxr.data.metadata.read_metadata) names each image's source, sex, age, view."""
+    `metadata` (cxr.data.metadata.read_metadata) names each image's source, sex, age, view
+    and, in column `group_by`, its patient, whose images the intervals resample together."""
     test, logits = split_logits(model, card, split_root / "test", cfg.batch_size, device)
     probabilities = round_probabilities(torch.softmax(torch.from_numpy(logits), 1).numpy())
     y_true = test.labels.numpy()
-    report = classification_metrics(
-        y_true, probabilities, card.classes, cfg.bootstrap_resamples, cfg.confidence, cfg.seed
-    )
+    test_metadata = metadata_for(test.files, metadata)
+    patients = patient_groups(test_metadata, group_by)
+    boot = (cfg.bootstrap_resamples, cfg.confidence, cfg.seed, patients)
+    report = classification_metrics(y_true, probabilities, card.classes, *boot)
     train = index_folder(split_root / "train", card.classes)
     report.update(
         baselines_and_groups(
             y_true,
             probabilities,
-            metadata_for(test.files, metadata),
+            test_metadata,
             train,
             metadata_for(train.files, metadata),
             cfg,
+            patients,
         )
     )
     val_logits = val_labels = None
@@ -296,8 +309,14 @@ def summary_line(result: Evaluation) -> str:
         f"{_bracket(report['balanced_accuracy_ci'])}, "
         f"macro-F1 {report['macro']['f1']:.3f}, ECE {cal['uncalibrated']['ece']:.3f}"
         + (f" → {after:.3f} (T={cal['temperature']:.2f})" if after is not None else "")
-        + f" on {len(result.y_true)} images"
+        + f" on {len(result.y_true)} images{_patients(report)}"
     )
+
+
+def _patients(report: dict) -> str:
+    """How many patients the intervals resampled, when fewer than the images."""
+    units = report.get("bootstrap_units")
+    return f" of {units} patients" if units is not None and units < report["test_images"] else ""
 
 
 VERDICTS = {

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 from cxr.core.config import DataConfig, EvaluateConfig
 from cxr.core.errors import DataError
 from cxr.core.fsio import sorted_files
-from cxr.data.metadata import metadata_for
+from cxr.data.metadata import metadata_for, patient_groups
 from cxr.data.sources import SourceError, dataset_root, detect_layout, read_metadata
 from cxr.evaluation.evaluate import baselines_and_groups
 from cxr.evaluation.metrics import bootstrap_ci, round_probabilities
@@ -83,13 +83,18 @@ def _folder_metadata(folder: Path, files: list[Path], cfg: DataConfig) -> pd.Dat
 
 
 def present_metrics(
-    y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], cfg: EvaluateConfig
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    classes: tuple[str, ...],
+    cfg: EvaluateConfig,
+    patients: np.ndarray,
 ) -> dict:
-    """Accuracy and balanced accuracy (over the classes present) with intervals, and per present
-    class its recall, precision and one-vs-rest AUC (when two or more classes are present)."""
+    """Accuracy and balanced accuracy (over the classes present) with intervals resampling
+    `patients` (one label per image), and per present class its recall, precision and
+    one-vs-rest AUC (when two or more classes are present)."""
     y_pred = probabilities.argmax(1)
     present = [int(k) for k in np.unique(y_true)]
-    boot = (cfg.bootstrap_resamples, cfg.confidence, cfg.seed)
+    boot = (cfg.bootstrap_resamples, cfg.confidence, cfg.seed, patients)
 
     def acc(t: np.ndarray, p: np.ndarray) -> float:
         return float(np.mean(t == p.argmax(1)))
@@ -150,11 +155,13 @@ def evaluate_external(
     train: FolderIndex,
     metadata: pd.DataFrame,
     device: torch.device,
+    group_by: str,
 ) -> dict:
     """reports/external.json: per folder (as listed in evaluate.external), its metrics over the
     classes present, baselines (fitted on the `train` split, whose rows of the project's
-    `metadata` name their sources) and subgroups. Every folder is indexed (and refused)
-    before any is scored."""
+    `metadata` name their sources) and subgroups, intervals resampling each folder's patients
+    (its metadata column `group_by`). Every folder is indexed (and refused) before any is
+    scored."""
     train_metadata = metadata_for(train.files, metadata)
     found = {
         name: external_images(_resolve(name, root), card.classes, data_cfg) for name in folders
@@ -162,10 +169,17 @@ def evaluate_external(
     report = {}
     for name, images in found.items():
         probabilities = score_external(model, card, images, cfg.batch_size, device)
-        entry = present_metrics(images.labels, probabilities, card.classes, cfg)
+        patients = patient_groups(images.metadata, group_by)
+        entry = present_metrics(images.labels, probabilities, card.classes, cfg, patients)
         entry.update(
             baselines_and_groups(
-                images.labels, probabilities, images.metadata, train, train_metadata, cfg
+                images.labels,
+                probabilities,
+                images.metadata,
+                train,
+                train_metadata,
+                cfg,
+                patients,
             )
         )
         report[name] = entry

@@ -86,6 +86,25 @@ def macro_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float:
     return float(np.mean(one_vs_rest_auc(y_true, probabilities)))
 
 
+def resample_rows(
+    rng: np.random.Generator, n: int, resamples: int, groups: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Row indices of each bootstrap resample of `n` test images.
+
+    Without `groups`, images are drawn with replacement. With `groups` (one label per image,
+    e.g. its patient), whole groups are drawn with replacement and each brings all its images:
+    a patient's images share errors, so drawing them one by one would make intervals too
+    narrow (a cluster bootstrap). Groups of one image each, in image order, give exactly the
+    image draws."""
+    if groups is None:
+        return list(rng.integers(0, n, size=(resamples, n)))
+    codes, uniques = pd.factorize(np.asarray(groups))
+    order = np.argsort(codes, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1])
+    picks = rng.integers(0, len(members), size=(resamples, len(members)))
+    return [np.concatenate([members[g] for g in row]) for row in picks]
+
+
 def bootstrap_ci(
     y_true: np.ndarray,
     scores: np.ndarray,
@@ -93,17 +112,17 @@ def bootstrap_ci(
     resamples: int,
     confidence: float,
     seed: int,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float | int | None]:
-    """Percentile bootstrap interval of `metric(y_true, scores)` over resampled test images.
+    """Percentile bootstrap interval of `metric(y_true, scores)` over resampled test images
+    (whole `groups`, e.g. patients, where given: `resample_rows`).
 
     Seeded, so the same inputs give the same interval. Resamples where the metric is undefined
     (an AUC on a resample missing a class) are dropped and counted.
     """
     if resamples == 0:
         return {}
-    rng = np.random.default_rng(seed)
-    n = len(y_true)
-    draws = rng.integers(0, n, size=(resamples, n))
+    draws = resample_rows(np.random.default_rng(seed), len(y_true), resamples, groups)
     values = np.array([metric(y_true[idx], scores[idx]) for idx in draws])
     values = values[~np.isnan(values)]
     if values.size == 0:
@@ -121,17 +140,17 @@ def paired_bootstrap_difference(
     resamples: int,
     confidence: float,
     seed: int,
+    groups: np.ndarray | None = None,
 ) -> dict[str, float | int | None]:
     """metric(a) - metric(b) on the test images, with a paired percentile bootstrap interval:
-    both are scored on the same resampled images, so what the two share cancels out.
-    Resamples where the metric is undefined (a macro AUC on a resample missing a class) are
-    dropped; `resamples` in the result counts those kept."""
+    both are scored on the same resampled images (whole `groups` where given), so what the
+    two share cancels out. Resamples where the metric is undefined (a macro AUC on a resample
+    missing a class) are dropped; `resamples` in the result counts those kept."""
     difference = metric(y_true, scores_a) - metric(y_true, scores_b)
     result: dict[str, float | int | None] = {"difference": _r(difference)}
     if resamples == 0:
         return result
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(y_true), size=(resamples, len(y_true)))
+    draws = resample_rows(np.random.default_rng(seed), len(y_true), resamples, groups)
     values = np.array(
         [metric(y_true[i], scores_a[i]) - metric(y_true[i], scores_b[i]) for i in draws]
     )
@@ -187,12 +206,14 @@ def classification_metrics(
     resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict:
     """Everything about test-split classification quality, from labels and probabilities.
 
     Accuracy, balanced accuracy, Cohen's kappa; per-class and macro/weighted precision, recall,
     F1, specificity, one-vs-rest ROC AUC and average precision; bootstrap CIs for accuracy,
-    macro-F1 and macro AUC. Predictions are the argmax of `probabilities`.
+    macro-F1 and macro AUC, resampling whole `groups` (e.g. patients) where given.
+    Predictions are the argmax of `probabilities`.
     """
     n_classes = len(classes)
     labels = list(range(n_classes))
@@ -214,7 +235,7 @@ def classification_metrics(
         return balanced_accuracy(t, p.argmax(1))
 
     def ci(metric: MetricFn) -> dict:
-        return bootstrap_ci(y_true, probabilities, metric, resamples, confidence, seed)
+        return bootstrap_ci(y_true, probabilities, metric, resamples, confidence, seed, groups)
 
     averages = _averages(y_true, y_pred, probabilities, spec, support)
     return {
@@ -228,6 +249,8 @@ def classification_metrics(
         "macro_f1_ci": ci(macro),
         "macro_roc_auc_ci": ci(macro_auc),
         "confidence_level": confidence,
+        # what the intervals resample: images, or the groups (patients) they come in
+        "bootstrap_units": len(y_true) if groups is None else len(set(groups)),
         "per_class": {
             name: {
                 "precision": _r(precision[k]),
@@ -286,13 +309,15 @@ def baseline_report(
     confidence: float = 0.95,
     seed: int = 0,
     others: dict[str, np.ndarray] | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict:
     """The baselines' accuracy, balanced accuracy and macro-F1 (balanced accuracy with its
     interval), and the model minus the majority baseline with paired bootstrap intervals.
 
     `others` are further baselines' test probabilities (e.g. `source_only`, fitted elsewhere
     on the train split); the model minus each gets a paired balanced-accuracy interval and a
-    verdict (`verdict_of`) under `model_minus_<name>`.
+    verdict (`verdict_of`) under `model_minus_<name>`. Intervals resample whole `groups` (e.g.
+    patients) where given.
     """
     n_classes = len(classes)
     report: dict = {}
@@ -309,6 +334,7 @@ def baseline_report(
             resamples,
             confidence,
             seed,
+            groups,
         )
         report[name] = {**values, "balanced_accuracy_ci": balanced_ci}
     report["majority"]["class"] = classes[int(np.bincount(train_labels).argmax())]
@@ -321,6 +347,7 @@ def baseline_report(
             resamples,
             confidence,
             seed,
+            groups,
         )
         for key, fn in HEADLINE.items()
     }
@@ -335,6 +362,7 @@ def baseline_report(
             resamples,
             confidence,
             seed,
+            groups,
         )
         report[f"model_minus_{name}"] = {
             "balanced_accuracy": balanced,

@@ -98,10 +98,11 @@ def group_table(
     resamples: int,
     confidence: float,
     seed: int,
+    patients: np.ndarray,
 ) -> pd.DataFrame:
     """One row per group: images, accuracy and balanced accuracy (with percentile bootstrap
-    intervals over the group's images), and each class's recall (NaN where the group has
-    none of that class)."""
+    intervals over the group's patients, one label per image in `patients`), and each class's
+    recall (NaN where the group has none of that class)."""
     metrics: dict[str, Callable] = {"accuracy": _accuracy, "balanced_accuracy": _balanced}
     metrics.update({f"recall_{name}": _recall_of(k) for k, name in enumerate(classes)})
     groups = groups.rename("group").reset_index(drop=True)
@@ -116,7 +117,9 @@ def group_table(
         hits = np.eye(len(classes))[y_pred]
         for metric, fn in (("accuracy", _boot_accuracy), ("balanced_accuracy", _boot_balanced)):
             bounds = [
-                bootstrap_ci(y_true[rows], hits[rows], fn, resamples, confidence, seed)
+                bootstrap_ci(
+                    y_true[rows], hits[rows], fn, resamples, confidence, seed, patients[rows]
+                )
                 for rows in (np.flatnonzero(groups.to_numpy() == g) for g in table.index)
             ]
             table[f"{metric}_low"] = [b.get("low") for b in bounds]
@@ -134,14 +137,16 @@ def subgroup_report(
     resamples: int,
     confidence: float,
     seed: int,
+    patients: np.ndarray,
 ) -> dict:
     """{column: {group: {images, accuracy, accuracy_ci, balanced_accuracy, ..., recall}}} for
-    every subgroup column the metadata has; `skipped` lists the columns it lacks."""
+    every subgroup column the metadata has; `skipped` lists the columns it lacks. Intervals
+    resample `patients` (one label per image)."""
     y_pred = probabilities.argmax(1)
     found = subgroup_columns(metadata, columns, edges)
     report: dict = {"skipped": [c for c in columns if c not in found]}
     for column, groups in found.items():
-        table = group_table(y_true, y_pred, groups, classes, resamples, confidence, seed)
+        table = group_table(y_true, y_pred, groups, classes, resamples, confidence, seed, patients)
         report[column] = {str(group): _row(row, classes) for group, row in table.iterrows()}
     return report
 
