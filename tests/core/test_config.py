@@ -63,6 +63,7 @@ def test_every_stage_declares_exactly_the_params_groups_it_reads() -> None:
             "data.class_aliases",
             "data.extensions",
             "data.metadata",
+            "split.group_by",  # the patients the intervals resample
             *RUNTIME,
         },
         "gradcam": {"gradcam", *RUNTIME},
@@ -74,6 +75,7 @@ def test_every_stage_declares_exactly_the_params_groups_it_reads() -> None:
             "evaluate.bootstrap_resamples",
             "evaluate.confidence",
             "evaluate.seed",
+            "split.group_by",  # the patients of the probes' folds and the intervals
             *RUNTIME,
         },
     }
