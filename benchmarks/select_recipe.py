@@ -29,6 +29,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from cxr.core.config import Params, read_params_file
 from cxr.data.metadata import metadata_for, read_metadata
 from cxr.data.split import duplicate_groups, leakage_groups
+from cxr.evaluation.subgroups import subgroup_report
 from cxr.training.inference import predict_logits
 from cxr.training.loop import fit
 from cxr.training.models import build_model, resolve_weights
@@ -73,23 +74,22 @@ def subset(pool: PixelSet, index: np.ndarray) -> PixelSet:
 def per_source(
     data: Path, files: tuple[Path, ...], truth: np.ndarray, predicted: np.ndarray, classes
 ) -> dict[str, dict]:
-    """Out-of-fold images, balanced accuracy and per-class recall within each source: the
-    pooled score weighs sources by their share of train+val, which the test split need not
-    share (on cxrmix, 64 of Hannover's 70 images are in train+val, 3 in test)."""
-    sources = metadata_for(files, read_metadata(data / "metadata.csv")).get("source")
-    if sources is None:
-        return {}
-    result = {}
-    for source, rows in sources.groupby(sources).groups.items():
-        rows = np.asarray(rows)
-        present = sorted(set(truth[rows].tolist()))
-        recall = recall_score(truth[rows], predicted[rows], labels=present, average=None)
-        result[source or "unknown"] = {
-            "images": len(rows),
-            "balanced_accuracy": float(np.mean(recall)),
-            "recall": {classes[k]: float(r) for k, r in zip(present, recall, strict=True)},
+    """Out-of-fold images, balanced accuracy and the recall of each class present, within each
+    source (the evaluate stage's subgroups, without intervals): the pooled score weighs sources
+    by their share of train+val, which the test split need not share (on cxrmix, 64 of
+    Hannover's 70 images are in train+val, 3 in test)."""
+    metadata = metadata_for(files, read_metadata(data / "metadata.csv"))
+    one_hot = np.eye(len(classes))[predicted]
+    alone = np.arange(len(truth))  # no intervals: resamples 0
+    report = subgroup_report(truth, one_hot, metadata, classes, ["source"], (1,), 0, 0.95, 0, alone)
+    return {
+        source: {
+            "images": row["images"],
+            "balanced_accuracy": row["balanced_accuracy"],
+            "recall": {c: r for c, r in row["recall"].items() if r is not None},
         }
-    return result
+        for source, row in report.get("source", {}).items()
+    }
 
 
 def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict:

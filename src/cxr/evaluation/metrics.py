@@ -99,10 +99,18 @@ def resample_rows(
     if groups is None:
         return list(rng.integers(0, n, size=(resamples, n)))
     codes, uniques = pd.factorize(np.asarray(groups))
-    order = np.argsort(codes, kind="stable")
-    members = np.split(order, np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1])
-    picks = rng.integers(0, len(members), size=(resamples, len(members)))
-    return [np.concatenate([members[g] for g in row]) for row in picks]
+    order = np.argsort(codes, kind="stable")  # each group's rows together, in image order
+    sizes = np.bincount(codes, minlength=len(uniques))
+    starts = np.cumsum(sizes) - sizes
+    picks = rng.integers(0, len(uniques), size=(resamples, len(uniques)))
+    return [order[_spans(starts[row], sizes[row])] for row in picks]
+
+
+def _spans(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """start, start + 1, ..., start + size - 1 for each (start, size), one after another:
+    the positions of the drawn groups' rows, without a Python loop over groups."""
+    ends = np.cumsum(sizes)
+    return np.repeat(starts - (ends - sizes), sizes) + np.arange(ends[-1] if len(ends) else 0)
 
 
 def bootstrap_ci(
