@@ -141,6 +141,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
         **RECIPES[README_RECIPE],
         "preprocess.method": "clahe",
     },
+    # the README recipe drawing every class equally often (sampler) and, within a class, every
+    # source equally often: ieee8023's few Normal and Pneumonia films weigh as much as its
+    # COVID ones, so "looks like ieee8023" stops paying as "COVID"
+    "top_2_blocks_288px_smoothing_0.1_balance_source": {
+        **RECIPES[README_RECIPE],
+        "train.imbalance": "sampler",
+        "train.balance_by": "source",
+    },
+    # its control: the sampler balancing the classes only
+    "top_2_blocks_288px_smoothing_0.1_sampler": {
+        **RECIPES[README_RECIPE],
+        "train.imbalance": "sampler",
+    },
 }
 EVERY = {**RECIPES, **VARIANTS}  # what `--only` takes
 

@@ -27,7 +27,7 @@ from sklearn.metrics import balanced_accuracy_score, recall_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from cxr.core.config import Params, read_params_file
-from cxr.data.metadata import metadata_for, read_metadata
+from cxr.data.metadata import balance_groups, metadata_for, read_metadata
 from cxr.data.split import duplicate_groups, leakage_groups
 from cxr.evaluation.subgroups import subgroup_report
 from cxr.training.inference import predict_logits
@@ -99,6 +99,10 @@ def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict
     pool = pooled(data, params)
     units = leakage_units(data, params)
     groups = [units[f"{path.parent.name}/{path.name}"] for path in pool.files]
+    balance = None  # train.balance_by's value per image (train+val is unaugmented)
+    if cfg.balance_by:
+        metadata = read_metadata(data / "metadata.csv")
+        balance = np.array(balance_groups(pool.files, metadata, cfg.balance_by, {}))
     truth = pool.labels.numpy()
     predicted = np.full_like(truth, -1)
     kept: list[int] = []  # each fold's kept epoch: how many epochs the recipe needs
@@ -108,7 +112,8 @@ def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict
         configure(fold_cfg, device)
         model = build_model(cfg.model, len(pool.classes), resolve_weights(cfg.model, cfg.weights))
         held = subset(pool, held_rows)
-        result = fit(model, subset(pool, fit_rows), held, fold_cfg, params.lr, device)
+        own = None if balance is None else balance[fit_rows].tolist()
+        result = fit(model, subset(pool, fit_rows), held, fold_cfg, params.lr, device, groups=own)
         model.load_state_dict(result.best_state)
         kept.append(result.best_epoch)
         logits = predict_logits(model, cfg.model, held.pixels, 64, device)

@@ -24,6 +24,7 @@ from cxr.core import layout
 from cxr.core.config import load_params
 from cxr.core.errors import run_stage
 from cxr.core.fsio import write_csv, write_json
+from cxr.data.metadata import balance_groups, read_metadata, read_origins
 from cxr.tracking.record import TRAINING_FOLDER, log_epoch
 from cxr.tracking.runs import writer_run
 from cxr.training.checkpoint import ModelCard, save_checkpoint
@@ -50,6 +51,15 @@ from cxr.training.runtime import (
 from cxr.training.state import SELECTION, resume_key
 
 
+def draw_groups(column: str, files: tuple[Path, ...]) -> list[str] | None:
+    """train.balance_by's value of each training image (under the original an augmented copy
+    was made from), or None when it is off."""
+    if not column:
+        return None
+    origins = read_origins(layout.AUGMENTED_MANIFEST)
+    return balance_groups(files, read_metadata(layout.METADATA), column, origins)
+
+
 def main() -> None:
     params = load_params(
         registries=(MODELS, OPTIMIZERS, SCHEDULERS, REGIMES, SELECTION, PREPROCESSING)
@@ -62,7 +72,9 @@ def main() -> None:
     configure(cfg, device)
     environment = environment_fingerprint(cfg, device)
     with process_group(world, device), writer_run("train", params, world.is_writer) as run:
-        classes = index_folder(layout.AUGMENTED_TRAIN).classes
+        index = index_folder(layout.AUGMENTED_TRAIN)
+        classes = index.classes
+        groups = draw_groups(cfg.balance_by, index.files)
         # Build first: missing or refused pretrained weights fail before any data is decoded.
         source = resolve_weights(cfg.model, cfg.weights, layout.project_root())
         model = build_model(cfg.model, len(classes), source)
@@ -79,7 +91,7 @@ def main() -> None:
                 for folder in (layout.AUGMENTED_TRAIN, layout.SPLIT / "val")
             ],
         )
-        data_keys = [train_set.key, val_set.key, weights_sha256]
+        data_keys = [train_set.key, val_set.key, weights_sha256, *(groups or [])]
         on_epoch = EpochReport(layout.TRAIN_HISTORY, cfg.epochs, partial(log_epoch, run))
         result = fit(
             model,
@@ -92,6 +104,7 @@ def main() -> None:
             checkpoint=layout.CHECKPOINT,
             key=resume_key(cfg, params.lr, data_keys, world.size, Path(__file__)),
             world=world,
+            groups=groups,
         )
         fingerprint = check_ranks_agree(model)
         if not world.is_writer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from cxr.training.loader import (
     batch_loader,
     class_weights,
     fits_on_device,
+    group_balanced_weights,
 )
 from cxr.training.pixels import PixelSet, cached_split, load_split
 from tests.helpers.train_project import write_images
@@ -111,3 +113,37 @@ def test_device_batches_match_the_dataloader_batches() -> None:
         for (p1, l1), (p2, l2) in zip(ours, theirs, strict=True):
             assert torch.equal(p1, p2) and torch.equal(l1, l2)
     assert not fits_on_device(data, torch.device("cpu"))  # CPU keeps the overlapping workers
+
+
+def test_group_balanced_weights_give_every_class_and_every_group_within_it_equal_mass() -> None:
+    # class 0: 60 images of hospital a, 4 of b; class 1: 30 of a; class 2: 5 of b, 1 of c
+    labels = torch.tensor([0] * 64 + [1] * 30 + [2] * 6)
+    groups = ["a"] * 60 + ["b"] * 4 + ["a"] * 30 + ["b"] * 5 + ["c"]
+    weights = group_balanced_weights(labels, groups)
+    assert weights.dtype == torch.float64 and float(weights.sum()) == pytest.approx(1.0)
+    cells = pd.DataFrame({"label": labels.numpy(), "group": groups, "w": weights.numpy()})
+    per_class = cells.groupby("label")["w"].sum()
+    assert per_class.to_numpy() == pytest.approx([1 / 3] * 3)
+    per_cell = cells.groupby(["label", "group"])["w"].sum()
+    assert per_cell[(0, "a")] == pytest.approx(per_cell[(0, "b")]) == pytest.approx(1 / 6)
+    assert per_cell[(2, "c")] == pytest.approx(1 / 6)  # one image weighs as much as five
+    assert per_cell[(1, "a")] == pytest.approx(1 / 3)  # one group: the class's whole share
+    within = cells.groupby(["label", "group"])["w"].nunique()
+    assert (within == 1).all()  # images of one cell are equally likely
+
+
+def test_group_balanced_draws_follow_the_groups_not_their_sizes() -> None:
+    labels = torch.tensor([0] * 95 + [0] * 5 + [1] * 100)
+    groups = ["big"] * 95 + ["small"] * 5 + ["big"] * 100
+    sampler = EpochSampler(len(labels), seed=0, weights=group_balanced_weights(labels, groups))
+    drawn = []
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        drawn += list(sampler)
+    small = float(np.isin(drawn, range(95, 100)).mean())
+    assert 0.21 < small < 0.29  # 4000 draws, expected 0.25; by class weights alone 0.025
+
+
+def test_group_balanced_weights_refuse_a_group_list_of_another_length() -> None:
+    with pytest.raises(ValueError, match="3 groups for 2 images"):
+        group_balanced_weights(torch.tensor([0, 1]), ["a", "b", "c"])

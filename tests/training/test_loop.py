@@ -284,3 +284,41 @@ def test_top_regime_refuses_too_many_blocks() -> None:
     )
     with pytest.raises(ConfigError, match=r"train\.top_blocks: 9.*7 stages"):
         fit(model, tiny_set(), tiny_set(6, seed=1), cfg, 1e-2, CPU)
+
+
+def _write_metadata(root: Path, column: str) -> None:
+    """data/metadata.csv naming a hospital for each training image (COVID from one, the other
+    classes from another), and the augment stage's manifest with one augmented copy."""
+    train = root / "data/augmented/train"
+    original = next((train / "COVID").iterdir())
+    copy = original.with_name(f"{original.stem}__aug0000.png")
+    copy.write_bytes(original.read_bytes())
+    keys = [f"{p.parent.name}/{p.name}" for p in sorted(train.glob("*/*.png")) if p != copy]
+    hospital = ["covid-ward" if key.startswith("COVID/") else "clinic" for key in keys]
+    pd.DataFrame({"file": keys, column: hospital}).to_csv(root / "data/metadata.csv", index=False)
+    rows = [{"file": key, "source": key} for key in keys]
+    rows.append({"file": f"COVID/{copy.name}", "source": f"COVID/{original.name}"})
+    manifest = pd.DataFrame(rows).assign(**{"class": "", "augmented": "", "seed": ""})
+    manifest.to_csv(root / "data/augmented/manifest.csv", index=False)
+
+
+@pytest.mark.e2e  # runs a stage for real
+def test_train_stage_draws_balanced_by_a_metadata_column(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "ok", imbalance="sampler", balance_by="source", epochs=1)
+    _write_metadata(root, "source")
+    run_train(root)
+    assert (root / "models/model.pt").is_file()
+    assert json.loads((root / "metrics/train.json").read_text())["train_images"] == 25
+
+
+@pytest.mark.e2e
+def test_train_stage_names_a_balance_column_the_metadata_lacks(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "bad", imbalance="sampler", balance_by="hospital", epochs=1)
+    _write_metadata(root, "source")
+    done = subprocess.run(
+        train_command(), cwd=root, env=stage_env(root), capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "train.balance_by: 'hospital'" in done.stderr and "columns: source" in done.stderr
+    assert not (root / "models").exists()  # stopped before training wrote anything
+    assert not (root / ".cxr_cache").exists()  # ... and before decoding any image

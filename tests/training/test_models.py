@@ -243,6 +243,7 @@ def test_offline_without_cached_weights_fails_at_once_naming_the_file(tmp_path: 
         ({"select_by": "val_auc"}, 0.001, "train.select_by"),
         ({"weights": "IMAGENET1K_V1"}, 0.001, "train.weights"),  # lite0 has DEFAULT only
         ({"epochs": 2, "warmup_epochs": 3}, 0.001, "train"),
+        ({"balance_by": "source"}, 0.001, "train"),  # needs imbalance: sampler
     ],
 )
 def test_wrong_train_params_name_the_key(train: dict, lr: float, key: str) -> None:

@@ -258,6 +258,10 @@ class TrainConfig:
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     # none | weighted_loss (inverse class frequency) | sampler (WeightedRandomSampler-style draws)
     imbalance: Literal["none", "weighted_loss", "sampler"] = "weighted_loss"
+    # A metadata column, e.g. source (imbalance: sampler only): every class is drawn equally
+    # often and, within a class, every value of the column, so that a hospital that sent most
+    # of one class cannot stand for that class by its numbers alone. "": classes only.
+    balance_by: str = ""
     batch_augment: BatchAugmentConfig = Field(default_factory=BatchAugmentConfig)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     # Pin CPU kernels (instruction set, MKL path) and threads, and deterministic algorithms on
@@ -299,6 +303,16 @@ class TrainConfig:
             raise ValueError(
                 f"train.warmup_epochs ({self.warmup_epochs:g}) must not exceed train.epochs "
                 f"({self.epochs}): the lr would never reach its peak"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _balance_by_draws(self) -> TrainConfig:
+        if self.balance_by and self.imbalance != "sampler":
+            raise ValueError(
+                f"train.balance_by ({self.balance_by!r}) weighs the draws of "
+                f"imbalance: sampler, but train.imbalance is {self.imbalance}: set "
+                'train.imbalance: sampler, or train.balance_by: ""'
             )
         return self
 

@@ -4,11 +4,14 @@ shortcut audit."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from cxr.core import layout
+from cxr.core.errors import ConfigError
 
 # Written by the download stage beside the metadata columns; never a subgroup or feature.
 BOOKKEEPING = ("file", "source_file")
@@ -49,3 +52,30 @@ def patient_groups(metadata: pd.DataFrame, column: str) -> np.ndarray:
     source = metadata["source"] if "source" in metadata.columns else ""
     named = source + "/" + metadata[column]
     return named.where(metadata[column] != "", own).to_numpy()
+
+
+def read_origins(path: Path) -> dict[str, str]:
+    """The augment stage's manifest as `<Class>/<name>` -> the original image it came from
+    (an original maps to itself); empty when the file is absent."""
+    if not path.is_file():
+        return {}
+    frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+    return dict(zip(frame["file"], frame["source"], strict=True))
+
+
+def balance_groups(
+    files: Sequence[Path | str],
+    metadata: pd.DataFrame,
+    column: str,
+    origins: Mapping[str, str],
+) -> list[str]:
+    """Each training image's value of `column` (train.balance_by), looked up under the original
+    an augmented copy was made from; "" where the source names none."""
+    if column not in metadata.columns or column in BOOKKEEPING:
+        named = ", ".join(c for c in metadata.columns if c not in BOOKKEEPING) or "none"
+        raise ConfigError(
+            f"train.balance_by: {column!r} is not a column of {layout.METADATA} (columns: "
+            f"{named}); name one of them, or set train.balance_by: \"\""
+        )
+    keys = [origins.get(key, key) for key in map(image_key, files)]
+    return metadata[column].reindex(keys).fillna("").tolist()

@@ -9,10 +9,11 @@ training device, with per-sample parameters drawn from a seeded generator.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
@@ -30,6 +31,26 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         counts > 0, counts.sum() / (num_classes * counts), torch.zeros_like(counts)
     )
     return weights.float()
+
+
+def group_balanced_weights(labels: torch.Tensor, groups: Sequence[str]) -> torch.Tensor:
+    """Per-image draw probabilities (summing to 1): every class present equally likely and,
+    within a class, every group (e.g. hospital) equally likely, whatever their image counts.
+
+    Reweighting groups to equal size is the simple baseline that matches worst-group methods
+    on spurious-correlation benchmarks (Idrissi et al., "Simple data balancing achieves
+    competitive worst-group-accuracy", CLeaR 2022)."""
+    if len(groups) != len(labels):
+        raise ValueError(f"{len(groups)} groups for {len(labels)} images")
+    group_codes = np.unique(np.asarray(groups, dtype=str), return_inverse=True)[1]
+    label_codes = labels.numpy()
+    cells = label_codes * (int(group_codes.max(initial=0)) + 1) + group_codes
+    _, cell_of, cell_counts = np.unique(cells, return_inverse=True, return_counts=True)
+    class_of_cell = label_codes[np.unique(cell_of, return_index=True)[1]]
+    groups_in_class = np.bincount(class_of_cell)  # cells (groups) within each class
+    classes_present = np.count_nonzero(groups_in_class)
+    weights = 1.0 / (classes_present * groups_in_class[label_codes] * cell_counts[cell_of])
+    return torch.from_numpy(weights)
 
 
 class EpochSampler(DistributedSampler):

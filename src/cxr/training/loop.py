@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from cxr.training.loader import (
     batch_loader,
     class_weights,
     fits_on_device,
+    group_balanced_weights,
 )
 from cxr.training.models import MODELS
 from cxr.training.optim import OPTIMIZERS, SCHEDULERS
@@ -80,10 +81,20 @@ def loss_function(cfg: TrainConfig, labels: torch.Tensor, num_classes: int) -> n
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
-def sample_weights(cfg: TrainConfig, labels: torch.Tensor, num_classes: int) -> torch.Tensor | None:
-    """Per-image draw weights for imbalance=sampler: every class equally likely."""
+def sample_weights(
+    cfg: TrainConfig,
+    labels: torch.Tensor,
+    num_classes: int,
+    groups: Sequence[str] | None = None,
+) -> torch.Tensor | None:
+    """Per-image draw weights for imbalance=sampler: every class equally likely, and with
+    train.balance_by every group (`groups`, one per image) within a class too."""
     if cfg.imbalance != "sampler":
         return None
+    if cfg.balance_by:
+        if groups is None:
+            raise ValueError(f"train.balance_by: {cfg.balance_by} needs each image's group")
+        return group_balanced_weights(labels, groups)
     return class_weights(labels, num_classes).double()[labels]
 
 
@@ -201,11 +212,13 @@ def make_trainer(
     device: torch.device,
     world: World,
     feature_cache: bool | None = None,
+    groups: Sequence[str] | None = None,
 ) -> Trainer:
-    """Wire a training run; `feature_cache` None decides by `caches_features`."""
+    """Wire a training run; `feature_cache` None decides by `caches_features`; `groups`: each
+    training image's value of train.balance_by."""
     num_classes = len(train.classes)
     model.to(device=device, memory_format=memory_format(cfg))
-    weights = sample_weights(cfg, train.labels, num_classes)
+    weights = sample_weights(cfg, train.labels, num_classes, groups)
     sampler = EpochSampler(len(train), world.size, world.rank, cfg.seed, weights)
     val_features = None
     cached = None
@@ -422,15 +435,17 @@ def fit(
     key: str = "",
     world: World | None = None,
     feature_cache: bool | None = None,
+    groups: Sequence[str] | None = None,
 ) -> FitResult:
     """Train for cfg.epochs (or until early stopping); keep the weights of the best epoch by
     `train.select_by`.
 
     With `checkpoint`, the state is saved there after every epoch (by rank 0 only) and a
-    state saved under the same `key` is resumed from.
+    state saved under the same `key` is resumed from. `groups`: each training image's value of
+    train.balance_by (needed when it is set).
     """
     world = world or World()
-    trainer = make_trainer(model, train, val, cfg, lr, device, world, feature_cache)
+    trainer = make_trainer(model, train, val, cfg, lr, device, world, feature_cache, groups)
     state = load_state(checkpoint, key)
     resumed_from = state.epoch
     if resumed_from:
