@@ -16,13 +16,19 @@ from statsmodels.stats.multitest import multipletests
 
 from cxr.evaluation.compare import (
     Predictions,
+    compare,
     holm,
     main,
     mcnemar_exact,
     model_table,
     pair_table,
 )
-from cxr.evaluation.metrics import macro_auc, paired_bootstrap_difference, predictions_frame
+from cxr.evaluation.metrics import (
+    bootstrap_ci,
+    macro_auc,
+    paired_bootstrap_difference,
+    predictions_frame,
+)
 from tests.helpers.project import git_commit, run
 
 CLASSES = ("COVID", "Normal", "Pneumonia")
@@ -162,6 +168,9 @@ def _hostile(frame: pd.DataFrame, case: str) -> str:
         frame.loc[6, "image"] = frame.loc[2, "image"]
     elif case == "unknown label":
         frame.loc[7, "actual"] = "Pneumothorax"
+    elif case == "no patient":
+        frame["patient"] = [f"p{i // 3 + 1}" for i in range(len(frame))]
+        frame.loc[2, "patient"] = np.nan
     return frame.to_csv(index=False)
 
 
@@ -176,6 +185,7 @@ def _hostile(frame: pd.DataFrame, case: str) -> str:
         ("not summing to one", r"b=b.csv, line 7, column p_\*: .* not 1"),
         ("duplicate", r"b=b.csv, line 4, column image: .* listed more than once \(2 rows"),
         ("unknown label", r"b=b.csv, line 9, column actual: 'Pneumothorax' is not one of"),
+        ("no patient", r"b=b.csv, line 4, column patient: nan is empty"),
     ],
 )
 def test_spoiled_predictions_files_are_refused_naming_line_and_column(
@@ -191,3 +201,94 @@ def test_spoiled_predictions_files_are_refused_naming_line_and_column(
     err = capsys.readouterr().err
     assert re.search(message, err), err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def clustered_runs(patients: int = 30, films: int = 6) -> tuple[list[Predictions], np.ndarray]:
+    """Two models whose right and wrong answers come per patient (all of a patient's films
+    alike), and each film's patient."""
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(patients), films)
+    y = np.repeat(rng.integers(0, 3, patients), films)
+    runs = []
+    for name, right_share in (("a", 0.8), ("b", 0.6)):
+        right = np.repeat(rng.random(patients) < right_share, films)
+        answer = np.where(right, y, (y + 1) % 3)
+        p = np.full((len(y), 3), 0.1)
+        p[np.arange(len(y)), answer] = 0.8
+        images = tuple(f"img{i:03d}.png" for i in range(len(y)))
+        runs.append(Predictions(name, images, y, p, CLASSES, {}))
+    return runs, groups
+
+
+def _write(run_: Predictions, path: Path, patients: np.ndarray | None) -> str:
+    frame = predictions_frame(list(run_.images), run_.y_true, run_.probabilities, CLASSES, patients)
+    frame.to_csv(path, index=False)
+    return f"{run_.name}={path.name}"
+
+
+def test_intervals_resample_patients_when_every_file_names_them(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    (a, b), groups = clustered_runs()
+    monkeypatch.chdir(tmp_path)
+    run(["git", "init", "-q"], tmp_path)
+    specs = [_write(a, tmp_path / "a.csv", groups), _write(b, tmp_path / "b.csv", groups)]
+    assert main([*specs, "--out", "by_patient", "--resamples", "300"]) == 0
+    assert "180 test images of 30 patients; the intervals resample patients" in (
+        capsys.readouterr().out
+    )
+    result = json.loads((tmp_path / "by_patient/comparison.json").read_text())
+    assert result["bootstrap"] == {"unit": "patient", "units": 30, "why_images": ""}
+    model = result["models"][0]
+    expected = bootstrap_ci(a.y_true, a.probabilities, macro_auc, 300, 0.95, 0, groups)
+    assert (model["macro_auc_low"], model["macro_auc_high"]) == (expected["low"], expected["high"])
+    # the same files without the patient column: images drawn one by one, narrower intervals
+    specs = [_write(a, tmp_path / "a.csv", None), _write(b, tmp_path / "b.csv", None)]
+    assert main([*specs, "--out", "by_image", "--resamples", "300"]) == 0
+    assert "the intervals resample images (no patient column in the predictions of a, b)" in (
+        capsys.readouterr().out
+    )
+    image = json.loads((tmp_path / "by_image/comparison.json").read_text())
+    assert image["bootstrap"]["unit"] == "image"
+
+    def width(table: dict, key: str) -> float:
+        return table[f"{key}_high"] - table[f"{key}_low"]
+
+    wide = width(result["models"][0], "balanced_accuracy")
+    assert wide > 1.8 * width(image["models"][0], "balanced_accuracy")
+    assert width(result["pairs"][0], "balanced_accuracy") > 1.8 * width(
+        image["pairs"][0], "balanced_accuracy"
+    )
+
+
+def test_patients_grouped_unalike_or_all_alone_fall_back_to_images(
+    tmp_path: Path, monkeypatch
+) -> None:
+    (a, b), groups = clustered_runs(patients=10, films=3)
+    other = groups.copy()
+    other[:2] = 99  # b's files put two of patient 0's films with someone new
+    monkeypatch.chdir(tmp_path)
+    _write(a, tmp_path / "a.csv", groups)
+    _write(b, tmp_path / "b.csv", other)
+    run(["git", "init", "-q"], tmp_path)
+    result = compare(["a=a.csv", "b=b.csv"], tmp_path, resamples=50)
+    assert result["bootstrap"]["unit"] == "image"
+    assert "b and a group the images into patients unalike" in result["bootstrap"]["why_images"]
+    alone = np.arange(len(groups))  # no named patients: every film its own
+    _write(a, tmp_path / "a.csv", alone)
+    _write(b, tmp_path / "b.csv", alone)
+    result = compare(["a=a.csv", "b=b.csv"], tmp_path, resamples=50)
+    assert result["bootstrap"] == {
+        "unit": "image",
+        "units": 30,
+        "why_images": "no two test images share a patient",
+    }
+
+
+def test_patient_codes_keep_the_grouping_and_drop_the_ids() -> None:
+    y = np.array([0, 1, 1, 2])
+    p = np.eye(3)[y]
+    groups = np.array(["nih/0042", "nih/0042", "ieee/7", "image 3"])
+    frame = predictions_frame(["w.png", "x.png", "y.png", "z.png"], y, p, CLASSES, groups)
+    assert frame["patient"].tolist() == ["p1", "p1", "p2", "p3"]
+    assert "patient" not in predictions_frame(["w.png", "x.png", "y.png", "z.png"], y, p, CLASSES)

@@ -221,7 +221,16 @@ def test_summary_line_prints_a_zero_bound_as_zero() -> None:
         "calibration": {"uncalibrated": {"ece": 0.2}},
     }
     result = Evaluation(
-        CLASSES, [], np.zeros(4), np.zeros((4, 3)), report, {}, {}, pd.DataFrame(), pd.DataFrame()
+        CLASSES,
+        [],
+        np.zeros(4),
+        np.zeros((4, 3)),
+        report,
+        {},
+        {},
+        pd.DataFrame(),
+        pd.DataFrame(),
+        np.arange(4),
     )
     assert "test accuracy 0.100 [0.000, 0.250]" in summary_line(result)
     assert "balanced accuracy 0.300 [0.000, 0.500]" in summary_line(result)

@@ -59,6 +59,15 @@ def test_leave_hannover_out_and_score_it_as_an_external_folder(
     patients = len(rows.groupby(["source", "patient"]))
     assert report["bootstrap_units"] == patients < report["test_images"]
     assert f"of {patients} patients" in done.stdout
+    # plots/predictions.csv groups the films by patient with opaque codes, and cxr-compare
+    # resamples those patients
+    predictions = pd.read_csv(project / "plots/predictions.csv", dtype=str)
+    named = rows.set_index("file").loc[predictions["image"]]
+    truth = pd.factorize(named["source"] + "/" + named["patient"])[0]
+    assert (pd.factorize(predictions["patient"])[0] == truth).all()
+    assert predictions["patient"].str.fullmatch(r"p\d+").all()  # no patient id in git
+    compared = run(["cxr-compare", "a=plots/predictions.csv", "b=plots/predictions.csv"], project)
+    assert f"{report['test_images']} test images of {patients} patients" in compared.stdout
     external = json.loads((project / "reports/external.json").read_text())[str(held_out)]
     assert external["images"] == 70
     assert external["classes_present"] == ["COVID"]

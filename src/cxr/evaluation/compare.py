@@ -6,7 +6,9 @@ must hold the same test images with the same labels (the same split), or the com
 stops naming the ones that differ. Then:
 
 - per model: accuracy, balanced accuracy and macro one-vs-rest AUC, each with a seeded
-  percentile bootstrap interval;
+  percentile bootstrap interval over patients where every file has the evaluate stage's
+  `patient` column and they group the images alike (a patient's films are drawn together, as
+  in the evaluate stage), else over images;
 - per pair: the exact McNemar test of accuracy (a two-sided binomial test on the images that
   exactly one of the two gets right), its p-value Holm-adjusted over all pairs, and paired
   bootstrap intervals of the differences in balanced accuracy and macro AUC (both models
@@ -83,6 +85,7 @@ class Predictions:
     probabilities: np.ndarray
     classes: tuple[str, ...]
     params: dict[str, Any]
+    patients: np.ndarray | None = None  # opaque patient codes, where the file has them
 
 
 # ---------------------------------------------------------------- statistics
@@ -110,15 +113,36 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return [float(v) for v in adjusted]
 
 
+def shared_patients(runs: list[Predictions]) -> tuple[np.ndarray | None, str]:
+    """The patients every run's intervals resample, or None (resample images) and why."""
+    lacking = [run.name for run in runs if run.patients is None]
+    if lacking:
+        return None, f"no patient column in the predictions of {', '.join(lacking)}"
+    first = pd.factorize(runs[0].patients)[0]
+    for run in runs[1:]:
+        if not np.array_equal(pd.factorize(run.patients)[0], first):
+            return None, f"{run.name} and {runs[0].name} group the images into patients unalike"
+    if len(set(runs[0].patients)) == len(runs[0].patients):
+        return None, "no two test images share a patient"  # the same draws either way
+    return runs[0].patients, ""
+
+
 def model_table(
-    runs: list[Predictions], resamples: int, confidence: float, seed: int
+    runs: list[Predictions],
+    resamples: int,
+    confidence: float,
+    seed: int,
+    groups: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row per model: each metric with its bootstrap interval."""
+    """One row per model: each metric with its bootstrap interval (over `groups`, e.g.
+    patients, where given)."""
     rows = []
     for run in runs:
         row: dict[str, Any] = {"model": run.name}
         for metric, fn in METRICS.items():
-            ci = bootstrap_ci(run.y_true, run.probabilities, fn, resamples, confidence, seed)
+            ci = bootstrap_ci(
+                run.y_true, run.probabilities, fn, resamples, confidence, seed, groups
+            )
             row[metric] = round(fn(run.y_true, run.probabilities), 6)
             row[f"{metric}_low"], row[f"{metric}_high"] = ci.get("low"), ci.get("high")
         rows.append(row)
@@ -126,10 +150,16 @@ def model_table(
 
 
 def pair_table(
-    runs: list[Predictions], resamples: int, confidence: float, seed: int, alpha: float
+    runs: list[Predictions],
+    resamples: int,
+    confidence: float,
+    seed: int,
+    alpha: float,
+    groups: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per pair (A, B): McNemar (raw and Holm-adjusted p), and A - B with a paired
-    bootstrap interval for balanced accuracy and macro AUC; `verdict` lists the real ones."""
+    bootstrap interval (over `groups` where given) for balanced accuracy and macro AUC;
+    `verdict` lists the real ones."""
     rows = []
     for a, b in itertools.combinations(runs, 2):
         row: dict[str, Any] = {"a": a.name, "b": b.name}
@@ -146,6 +176,7 @@ def pair_table(
                 resamples,
                 confidence,
                 seed,
+                groups,
             )
             row[f"{metric}_difference"] = diff["difference"]
             row[f"{metric}_low"], row[f"{metric}_high"] = diff.get("low"), diff.get("high")
@@ -237,8 +268,9 @@ def load(spec: str, root: Path, refs: dict[str, str]) -> Predictions:
     frame = checked_predictions(text, spec if "=" in spec else f"{spec}: {PREDICTIONS}")
     frame = frame.sort_values("image", kind="stable").reset_index(drop=True)
     y_true, probabilities, classes = read_predictions(frame)
+    patients = frame["patient"].to_numpy() if "patient" in frame.columns else None
     return Predictions(
-        name, tuple(frame["image"]), y_true, probabilities, classes, _flatten(params)
+        name, tuple(frame["image"]), y_true, probabilities, classes, _flatten(params), patients
     )
 
 
@@ -252,7 +284,7 @@ def checked_predictions(text: str, where: str) -> pd.DataFrame:
     classes, a probability that is not a finite number in [0, 1], rows not summing to 1, or
     an image listed twice."""
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype={"image": str, "actual": str})
+        frame = pd.read_csv(io.StringIO(text), dtype={"image": str, "actual": str, "patient": str})
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
         raise CompareError(f"{where}: not a predictions CSV ({str(err).strip()})") from None
     columns = [c for c in frame.columns if c.startswith("p_")]
@@ -286,6 +318,14 @@ def checked_predictions(text: str, where: str) -> pd.DataFrame:
         "p_*",
         "is the row's sum of probabilities, not 1",
     )
+    if "patient" in frame.columns:
+        _refuse_first(
+            where,
+            frame["patient"].isna(),
+            frame["patient"],
+            "patient",
+            "is empty: every image needs its patient code (the evaluate stage writes one)",
+        )
     twice = frame["image"].duplicated(keep=False)
     _refuse_first(where, twice, frame["image"], "image", "is listed more than once")
     return frame
@@ -344,9 +384,10 @@ def differing_params(runs: list[Predictions]) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------- output
 
 
-def comparison_figure(models: pd.DataFrame, pairs: pd.DataFrame) -> Figure:
+def comparison_figure(models: pd.DataFrame, pairs: pd.DataFrame, unit: str = "image") -> Figure:
     """Left: each model's metrics with intervals. Right: each pair's differences in balanced
-    accuracy and macro AUC with paired intervals, and the McNemar p of accuracy."""
+    accuracy and macro AUC with paired intervals, and the McNemar p of accuracy; `unit`: what
+    the intervals resampled (image or patient)."""
     rows = max(len(models), len(pairs), 1)
     figure = Figure(figsize=(13, 1.6 + 0.85 * rows), layout="constrained")
     left, right = figure.subplots(1, 2)
@@ -359,7 +400,7 @@ def comparison_figure(models: pd.DataFrame, pairs: pd.DataFrame) -> Figure:
         left.errorbar(value, y, xerr=[value - low, high - value], fmt="o", capsize=3, label=metric)
     left.set_yticks(range(len(models)), models["model"])
     left.set_ylim(len(models) - 0.5, -0.5)
-    left.set(xlabel="test score (bootstrap interval)", title="Models")
+    left.set(xlabel=f"test score ({unit}-level bootstrap interval)", title="Models")
     below = {"fontsize": 8, "loc": "upper center", "bbox_to_anchor": (0.5, -0.2), "ncol": 3}
     left.legend(**below)  # below the axes: never over a model's points
     left.grid(axis="x", alpha=0.3)
@@ -379,7 +420,7 @@ def comparison_figure(models: pd.DataFrame, pairs: pd.DataFrame) -> Figure:
         right.set_yticks(range(len(pairs)), labels, fontsize=8)
         right.set_ylim(len(pairs) - 0.5, -0.5)
         right.legend(**below)
-    right.set(xlabel="difference A − B (paired bootstrap interval)", title="Pairs")
+    right.set(xlabel=f"difference A − B (paired {unit}-level bootstrap interval)", title="Pairs")
     right.grid(axis="x", alpha=0.3)
     return figure
 
@@ -408,10 +449,18 @@ def compare(
         )
     runs = [load(spec, root, refs) for spec in specs]
     check_same_split(runs)
-    models = model_table(runs, resamples, confidence, seed)
-    pairs = pair_table(runs, resamples, confidence, seed, alpha)
+    patients, why_images = shared_patients(runs)
+    models = model_table(runs, resamples, confidence, seed, patients)
+    pairs = pair_table(runs, resamples, confidence, seed, alpha, patients)
+    units = len(runs[0].images) if patients is None else len(set(patients))
     return {
         "test_images": len(runs[0].images),
+        # what the intervals resample: patients (each with all their images) or images
+        "bootstrap": {
+            "unit": "image" if patients is None else "patient",
+            "units": units,
+            "why_images": why_images,
+        },
         "classes": list(runs[0].classes),
         "resamples": resamples,
         "confidence": confidence,
@@ -428,7 +477,19 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
     write_json(out / "comparison.json", result)
     write_csv(out / "models.csv", models)
     write_csv(out / "pairs.csv", pairs)
-    save_figure(comparison_figure(models, pairs), out / "comparison.png")
+    figure = comparison_figure(models, pairs, result["bootstrap"]["unit"])
+    save_figure(figure, out / "comparison.png")
+
+
+def bootstrap_line(result: dict[str, Any]) -> str:
+    """What the intervals resample, in words."""
+    boot, images = result["bootstrap"], result["test_images"]
+    if boot["unit"] == "patient":
+        return (
+            f"{images} test images of {boot['units']} patients; the intervals resample "
+            "patients (McNemar counts images)"
+        )
+    return f"{images} test images; the intervals resample images ({boot['why_images']})"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -465,7 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CxrError as err:
         print(f"cxr-compare: error: {err}", file=sys.stderr)
         return 2
-    print(f"{result['test_images']} test images; what differs between the experiments:")
+    print(bootstrap_line(result))
+    print("what differs between the experiments:")
     for name, params in result["params"].items():
         print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in params.items()))
     print("\n" + markdown(pd.DataFrame(result["models"])))

@@ -72,6 +72,7 @@ class Evaluation:
     curves: dict[str, dict[str, pd.DataFrame]]  # roc / pr → class → curve
     per_class: pd.DataFrame
     subgroups: pd.DataFrame  # plots/subgroups.csv: column, group, metric, value, interval
+    patients: np.ndarray  # each test image's patient (its own where none is named)
 
 
 def split_logits(
@@ -197,6 +198,7 @@ def evaluate_model(
         curves=curve_frames(y_true, probabilities, card.classes),
         per_class=per_class_frame(report),
         subgroups=subgroup_rows(report["subgroups"]),
+        patients=patients,
     )
 
 
@@ -252,7 +254,9 @@ def write_evaluation(result: Evaluation) -> None:
     write_json(layout.EVAL_METRICS, headline(result.report))
     write_csv(
         layout.PREDICTIONS,
-        predictions_frame(result.files, result.y_true, result.probabilities, result.classes),
+        predictions_frame(
+            result.files, result.y_true, result.probabilities, result.classes, result.patients
+        ),
     )
     per_class = result.report["per_class"]
     write_csv(layout.ROC, curves_table(result.curves["roc"], per_class, "roc"))

@@ -389,11 +389,23 @@ def round_probabilities(probabilities: np.ndarray) -> np.ndarray:
     return np.round(probabilities.astype(np.float64), PROBABILITY_DIGITS)
 
 
+def patient_codes(groups: np.ndarray) -> list[str]:
+    """Opaque labels for `groups` (p1, p2, ... in order of first appearance): which images
+    share a patient, without the patient's id, since plots/predictions.csv goes into git."""
+    return [f"p{code + 1}" for code in pd.factorize(np.asarray(groups))[0]]
+
+
 def predictions_frame(
-    files: list[str], y_true: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...]
+    files: list[str],
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    classes: tuple[str, ...],
+    patients: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per test image: `actual`, `predicted` and one probability column per class,
-    enough to recompute every metric (and what DVC's confusion plots read)."""
+    enough to recompute every metric (and what DVC's confusion plots read); with `patients`
+    (one group per image) a `patient` column of opaque codes, so that `cxr-compare` can
+    resample patients as the evaluate stage does."""
     frame = pd.DataFrame(
         {
             "image": files,
@@ -401,6 +413,8 @@ def predictions_frame(
             "predicted": [classes[k] for k in probabilities.argmax(1)],
         }
     )
+    if patients is not None:
+        frame["patient"] = patient_codes(patients)
     for k, name in enumerate(classes):
         frame[f"p_{name}"] = round_probabilities(probabilities[:, k])
     return frame
