@@ -254,6 +254,10 @@ def test_intervals_resample_patients_when_every_file_names_them(
     def width(table: dict, key: str) -> float:
         return table[f"{key}_high"] - table[f"{key}_low"]
 
+    # over patients McNemar (images as independent) no longer decides accuracy: its interval does
+    assert "accuracy_low" in result["pairs"][0] and "accuracy_low" not in image["pairs"][0]
+    assert "McNemar" not in result["pairs"][0]["verdict"]
+    assert "accuracy: a better (McNemar" in image["pairs"][0]["verdict"]
     wide = width(result["models"][0], "balanced_accuracy")
     assert wide > 1.8 * width(image["models"][0], "balanced_accuracy")
     assert width(result["pairs"][0], "balanced_accuracy") > 1.8 * width(

@@ -14,7 +14,8 @@ stops naming the ones that differ. Then:
   bootstrap intervals of the differences in balanced accuracy and macro AUC (both models
   scored on the same resampled images);
 - a difference is called real when the Holm-adjusted McNemar p is below `--alpha` (accuracy)
-  or the interval of the difference excludes 0 (balanced accuracy, macro AUC).
+  or the interval of the difference excludes 0 (balanced accuracy, macro AUC); over patients
+  accuracy is judged by its paired interval too, since McNemar counts images as independent.
 
 Writes `--out` (default comparison/): comparison.json, models.csv, pairs.csv and
 comparison.png, and prints the tables.
@@ -167,7 +168,9 @@ def pair_table(
         correct_b = b.probabilities.argmax(1) == b.y_true
         row["accuracy_difference"] = round(float(correct_a.mean() - correct_b.mean()), 6)
         row.update(mcnemar_exact(correct_a, correct_b))
-        for metric in DIFFERENCES:
+        # McNemar counts images as independent: over patients, accuracy is judged by its
+        # paired interval, like the other metrics
+        for metric in DIFFERENCES if groups is None else ("accuracy", *DIFFERENCES):
             diff = paired_bootstrap_difference(
                 a.y_true,
                 a.probabilities,
@@ -196,10 +199,11 @@ def _excludes_zero(low: float | None, high: float | None) -> bool:
 def verdict(row: dict[str, Any], alpha: float) -> str:
     """Which differences of a pair are real, in words ("no real difference" if none)."""
     found = []
-    if row["p_holm"] < alpha:
+    by_interval = "accuracy_low" in row  # patients resampled: no McNemar verdict
+    if not by_interval and row["p_holm"] < alpha:
         better = row["a"] if row["accuracy_difference"] > 0 else row["b"]
         found.append(f"accuracy: {better} better (McNemar p_holm={row['p_holm']:.3g})")
-    for metric in DIFFERENCES:
+    for metric in ("accuracy", *DIFFERENCES) if by_interval else DIFFERENCES:
         low, high = row[f"{metric}_low"], row[f"{metric}_high"]
         if _excludes_zero(low, high):
             better = row["a"] if low > 0 else row["b"]
@@ -405,8 +409,10 @@ def comparison_figure(models: pd.DataFrame, pairs: pd.DataFrame, unit: str = "im
     left.legend(**below)  # below the axes: never over a model's points
     left.grid(axis="x", alpha=0.3)
     if not pairs.empty:
+        counted = "" if unit == "image" else ", counting films"  # not the verdict then
         labels = [
-            f"{a} − {b}\nMcNemar p_holm={p:.3g}" for a, b, p in pairs[["a", "b", "p_holm"]].values
+            f"{a} − {b}\nMcNemar p_holm={p:.3g}{counted}"
+            for a, b, p in pairs[["a", "b", "p_holm"]].values
         ]
         for metric, offset in (("balanced_accuracy", -0.15), ("macro_auc", 0.15)):
             y = np.arange(len(pairs)) + offset
