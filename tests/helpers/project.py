@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.helpers.benchmarks import load_benchmark
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -54,22 +55,9 @@ def run(cmd: list[str], cwd: Path, **extra_env: str) -> subprocess.CompletedProc
 
 
 def copy_project(dest: Path) -> Path:
-    """Copy the project's tracked and untracked-but-not-ignored files into a fresh git repo."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        source = PROJECT / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    run(["git", "init", "-q", "-b", "main"], dest)
-    git_commit(dest, "base")
-    return dest
+    """Copy the project's tracked and untracked-but-not-ignored files into a fresh git repo
+    (benchmarks/recipe_pipeline.py's copy, so that tests and benchmarks run the same one)."""
+    return load_benchmark("recipe_pipeline").copy_project(dest)
 
 
 # A pipeline run small enough for CI on two cores, with every class in every split (0.15 of
