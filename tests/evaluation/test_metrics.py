@@ -116,6 +116,14 @@ def test_predictions_frame_recomputes_metrics_after_a_csv_round_trip(tmp_path: P
     files = [f"{CLASSES[k]}/img{i}.png" for i, k in enumerate(y_true)]
     predictions_frame(files, y_true, probabilities, CLASSES).to_csv(tmp_path / "p.csv", index=False)
     assert metrics_from_predictions(pd.read_csv(tmp_path / "p.csv"), 200, 0.95, 0) == report
+    # with patients (3 films each, ids never written): the same patient-level intervals
+    patients = np.array([f"site/{i // 3}" for i in range(len(y_true))])
+    report = classification_metrics(y_true, probabilities, CLASSES, 200, 0.95, 0, patients)
+    frame = predictions_frame(files, y_true, probabilities, CLASSES, patients)
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    assert "site/" not in (tmp_path / "p.csv").read_text()
+    recomputed = metrics_from_predictions(pd.read_csv(tmp_path / "p.csv"), 200, 0.95, 0)
+    assert recomputed == report and report["bootstrap_units"] == 30
 
 
 def test_majority_baseline_against_hand_worked_values_and_verdicts() -> None:

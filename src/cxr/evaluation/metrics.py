@@ -432,9 +432,13 @@ def read_predictions(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, tuple
 def metrics_from_predictions(
     frame: pd.DataFrame, resamples: int, confidence: float, seed: int
 ) -> dict:
-    """`classification_metrics` recomputed from a predictions file alone."""
+    """`classification_metrics` recomputed from a predictions file alone (over its patients,
+    as the evaluate stage resampled them, where it has the `patient` column)."""
     y_true, probabilities, classes = read_predictions(frame)
-    return classification_metrics(y_true, probabilities, classes, resamples, confidence, seed)
+    patients = frame["patient"].astype(str).to_numpy() if "patient" in frame.columns else None
+    return classification_metrics(
+        y_true, probabilities, classes, resamples, confidence, seed, patients
+    )
 
 
 def curve_frames(
