@@ -77,5 +77,5 @@ def balance_groups(
             f"train.balance_by: {column!r} is not a column of {layout.METADATA} (columns: "
             f"{named}); name one of them, or set train.balance_by: \"\""
         )
-    keys = [origins.get(key, key) for key in map(image_key, files)]
-    return metadata[column].reindex(keys).fillna("").tolist()
+    originals = [origins.get(key, key) for key in map(image_key, files)]
+    return metadata_for(originals, metadata)[column].tolist()
