@@ -33,7 +33,7 @@ from cxr.evaluation.conformal import alpha_curve, build_section, lines, rule_sec
 from cxr.evaluation.deferral import build_report, headline, line, rule, temperature_for
 from cxr.evaluation.evaluate import split_logits
 from cxr.evaluation.figures import conformal_figure
-from cxr.evaluation.metrics import read_predictions, round_probabilities
+from cxr.evaluation.metrics import read_patients, read_predictions, round_probabilities
 from cxr.tracking.record import DEFERRAL_FOLDER
 from cxr.tracking.runs import pipeline_run
 from cxr.training.checkpoint import load_checkpoint
@@ -53,20 +53,23 @@ def main() -> None:
             model, card, layout.SPLIT / "val", params.evaluate.batch_size, device
         )
         val_probabilities = round_probabilities(torch.softmax(torch.from_numpy(logits), 1).numpy())
-        y_test, test_probabilities, classes = read_predictions(pd.read_csv(layout.PREDICTIONS))
+        predictions = pd.read_csv(layout.PREDICTIONS, dtype={"patient": str})
+        y_test, test_probabilities, classes = read_predictions(predictions)
+        patients = read_patients(predictions)  # a patient's films share their outcome
         report, curves = build_report(
             cfg,
             temperature,
             (val.labels.numpy(), val_probabilities),
             (y_test, test_probabilities),
             classes,
+            patients,
         )
         # rounded as models/deferral.json stores them, so cxr-predict's sets are the report's
         calibration = (val.labels.numpy(), np.round(scaled(val_probabilities, temperature), 6))
         test = (y_test, scaled(test_probabilities, temperature))
         conformal = params.conformal
         report["conformal"] = build_section(
-            conformal, calibration, test, classes, params.evaluate.confidence
+            conformal, calibration, test, classes, params.evaluate.confidence, patients
         )
         curve = alpha_curve(calibration, test, conformal)
         write_json(layout.DEFERRAL_REPORT, report)

@@ -25,7 +25,7 @@ from cxr.evaluation.conformal import (
     set_summary,
     sets_from_rule,
 )
-from cxr.evaluation.metrics import read_predictions
+from cxr.evaluation.metrics import read_patients, read_predictions
 from tests.helpers.project import PROJECT
 
 CLASSES = ("COVID", "Normal", "Viral Pneumonia")
@@ -172,7 +172,8 @@ def test_defer_stage_sets_recompute_from_the_saved_files(evaluated_project: Path
     rule = json.loads((root / "models/deferral.json").read_text())
     section, stored = report["conformal"], rule["conformal"]
     assert (stored["method"], stored["alpha"]) == (section["method"], section["alpha"])
-    y, probabilities, classes = read_predictions(pd.read_csv(root / "plots/predictions.csv"))
+    predictions = pd.read_csv(root / "plots/predictions.csv", dtype={"patient": str})
+    y, probabilities, classes = read_predictions(predictions)
     scaled = scale_probabilities(probabilities, rule["temperature"])
     sets = sets_from_rule(stored, scaled)
     labels = np.asarray(stored["calibration_labels"])
@@ -181,7 +182,8 @@ def test_defer_stage_sets_recompute_from_the_saved_files(evaluated_project: Path
         if stored["mondrian"]
         else (len(labels),)
     )
-    recomputed = set_summary(sets, y, classes, stored["alpha"], 0.95, sizes)
+    patients = read_patients(predictions)
+    recomputed = set_summary(sets, y, classes, stored["alpha"], 0.95, sizes, patients)
     assert recomputed == section["test"]
     assert len(stored["calibration_labels"]) == section["calibration_images"]
     curve = pd.read_csv(root / "plots/conformal.csv")
@@ -208,3 +210,30 @@ def test_expected_coverage_is_the_distribution_of_simulated_conformal_sets():
     # the seed-0 cxrmix case docs/methods.md reports: 166 of 183 covered, 179 val images, alpha 0.05
     assert expected_coverage(166, 183, 179, 0.05, 0.95)["holds"] is True
     assert expected_coverage(150, 183, 179, 0.05, 0.95)["holds"] is False
+
+
+def test_coverage_of_films_sharing_patients_is_judged_on_their_effective_number():
+    """The same sets, each film shown twice as one patient's two films: counting films, 150 of
+    180 covered looks short of a 0.9 target beyond sampling error; as the 90 patients they
+    are, the interval is wider and the shortfall within what 90 test units give."""
+    rng = np.random.default_rng(8)
+    labels = np.repeat(rng.integers(0, 3, 90), 2)
+    hit = np.repeat(np.arange(90) < 75, 2)  # 150 of 180 films covered
+    sets = np.zeros((180, 3), dtype=bool)
+    sets[np.arange(180), np.where(hit, labels, (labels + 1) % 3)] = True
+    patients = np.repeat(np.arange(90), 2).astype(str)
+    films = set_summary(sets, labels, CLASSES, 0.1, 0.95, (200,))
+    grouped = set_summary(sets, labels, CLASSES, 0.1, 0.95, (200,), patients)
+    assert films["coverage"] == grouped["coverage"] == pytest.approx(150 / 180, abs=1e-6)
+    width = {
+        k: s["coverage_ci"]["high"] - s["coverage_ci"]["low"]
+        for k, s in (("films", films), ("patients", grouped))
+    }
+    assert width["patients"] > 1.35 * width["films"]
+    assert grouped["coverage_ci"]["effective_images"] == pytest.approx(89, abs=0.1)
+    assert grouped["expected"]["p_value"] > films["expected"]["p_value"]
+    for name in CLASSES:  # per class too, on that class's patients
+        assert (
+            grouped["per_class"][name]["coverage_ci"]["effective_images"]
+            < (films["per_class"][name]["coverage_ci"]["effective_images"])
+        )

@@ -23,7 +23,8 @@ from cxr.evaluation.deferral import (
     risk_coverage,
     upper_bound,
 )
-from cxr.evaluation.metrics import read_predictions
+from cxr.evaluation.metrics import read_patients, read_predictions
+from cxr.evaluation.proportions import proportion_ci
 
 
 def scored(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +113,8 @@ def test_defer_stage_numbers_recompute_from_predictions_file(evaluated_project: 
     rule = json.loads((root / "models/deferral.json").read_text())
     temperature = json.loads((root / "reports/eval.json").read_text())["calibration"]["temperature"]
     assert rule["temperature"] == report["temperature"] == temperature
-    y, probabilities, _ = read_predictions(pd.read_csv(root / "plots/predictions.csv"))
+    predictions = pd.read_csv(root / "plots/predictions.csv", dtype={"patient": str})
+    y, probabilities, _ = read_predictions(predictions)
     confidence = scale_probabilities(probabilities, temperature).max(1)
     threshold = rule["threshold"]
     kept = confidence >= threshold if threshold is not None else np.zeros(len(y), bool)
@@ -122,8 +124,11 @@ def test_defer_stage_numbers_recompute_from_predictions_file(evaluated_project: 
         kept.mean(), abs=1e-6
     )
     # both outcomes are checked: test images kept (their error), or none (no risk to report)
+    patients = read_patients(predictions)
+    assert test["coverage_ci"] == proportion_ci(kept, 0.95, patients)
     if kept.any():
         assert test["selective_risk"] == pytest.approx(wrong[kept].mean(), abs=1e-6)
+        assert test["selective_accuracy_ci"] == proportion_ci(~wrong[kept], 0.95, patients[kept])
     else:
         assert test["selective_risk"] is None and test["selective_accuracy"] is None
     assert test["overall_risk"] == pytest.approx(wrong.mean(), abs=1e-6)
@@ -136,3 +141,27 @@ def test_defer_stage_numbers_recompute_from_predictions_file(evaluated_project: 
         sets["coverage"],
         sets["mean_set_size"],
     )
+
+
+def test_intervals_count_patients_not_films():
+    """Every image shown twice as one patient's two films: the accuracy on the kept images and
+    the coverage are the same, and their intervals are those of the effective number of
+    films (cxr.evaluation.proportions), wider than when each film counts alone."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 120)
+    probabilities = rng.dirichlet(np.ones(3), 120)
+    probabilities[np.arange(120), y] += rng.random(120) < 0.7  # mostly right
+    probabilities /= probabilities.sum(1, keepdims=True)
+    twice = np.repeat(y, 2), np.repeat(probabilities, 2, axis=0)
+    patients = np.repeat(np.arange(120), 2).astype(str)
+    films = operating_point(*twice, 0.5, None, ("COVID", "Normal", "Pneumonia"), 0.95)
+    grouped = operating_point(*twice, 0.5, None, ("COVID", "Normal", "Pneumonia"), 0.95, patients)
+    keep = twice[1].max(1) >= 0.5
+    assert grouped["coverage"] == films["coverage"] and grouped["accepted"] == keep.sum()
+    assert grouped["selective_accuracy_ci"] == proportion_ci(
+        twice[1][keep].argmax(1) == twice[0][keep], 0.95, patients[keep]
+    )
+    for key in ("coverage_ci", "selective_accuracy_ci"):
+        width = grouped[key]["high"] - grouped[key]["low"]
+        assert width > 1.3 * (films[key]["high"] - films[key]["low"]), key
+        assert grouped[key]["effective_images"] < 0.55 * films[key]["effective_images"]

@@ -47,6 +47,7 @@ from cxr.evaluation.metrics import (
     bootstrap_ci,
     macro_auc,
     paired_bootstrap_difference,
+    read_patients,
     read_predictions,
 )
 from cxr.training.scores import balanced_accuracy
@@ -272,7 +273,7 @@ def load(spec: str, root: Path, refs: dict[str, str]) -> Predictions:
     frame = checked_predictions(text, spec if "=" in spec else f"{spec}: {PREDICTIONS}")
     frame = frame.sort_values("image", kind="stable").reset_index(drop=True)
     y_true, probabilities, classes = read_predictions(frame)
-    patients = frame["patient"].to_numpy() if "patient" in frame.columns else None
+    patients = read_patients(frame)
     return Predictions(
         name, tuple(frame["image"]), y_true, probabilities, classes, _flatten(params), patients
     )

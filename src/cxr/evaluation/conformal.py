@@ -28,10 +28,11 @@ import numpy as np
 import pandas as pd
 from mapie.classification import SplitConformalClassifier
 from mapie.conformity_scores import RAPSConformityScore
-from scipy.stats import betabinom, binomtest
+from scipy.stats import betabinom
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from cxr.core.config import ConformalConfig
+from cxr.evaluation.proportions import effective_size, proportion_ci
 
 # alpha values of the coverage-and-size curve (plots/conformal.csv)
 CURVE_ALPHAS = tuple(round(a, 2) for a in np.arange(0.01, 0.305, 0.01))
@@ -137,16 +138,30 @@ def _r(value: float) -> float:
     return round(float(value), 6)
 
 
-def _coverage(covered: np.ndarray, level: float) -> dict[str, Any]:
-    """Empirical coverage with its exact (Clopper-Pearson) interval."""
-    n, hits = len(covered), int(covered.sum())
+def _coverage(
+    covered: np.ndarray, level: float, calibration: int, alpha: float, patients: np.ndarray | None
+) -> dict[str, Any]:
+    """Empirical coverage with its exact (Clopper-Pearson) interval and its `expected_coverage`
+    judgement, both on the films' effective number given their `patients` (where known: a
+    patient's films are covered or missed together more often than two patients')."""
+    n = len(covered)
+    share = float(covered.mean()) if n else 0.0
+    size = effective_size(covered, patients)
+    expected = expected_coverage(round(share * size), round(size), calibration, alpha, level)
     if n == 0:
-        return {"images": 0, "coverage": None, "coverage_ci": None}
-    ci = binomtest(hits, n).proportion_ci(level, method="exact")
+        return {
+            "images": 0,
+            "coverage": None,
+            "coverage_ci": None,
+            "expected": expected,
+            "holds": expected["holds"],
+        }
     return {
         "images": n,
-        "coverage": _r(hits / n),
-        "coverage_ci": {"low": _r(ci.low), "high": _r(ci.high)},
+        "coverage": _r(share),
+        "coverage_ci": proportion_ci(covered, level, patients),
+        "expected": expected,
+        "holds": expected["holds"],
     }
 
 
@@ -184,14 +199,16 @@ def set_summary(
     alpha: float,
     level: float,
     calibration: tuple[int, ...],
+    patients: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Coverage (with its exact interval), set sizes and the per-class view of one split's
     sets, each coverage judged against what conformal sets of this many calibration images
     give (`expected_coverage`). `calibration` holds the calibration size: one (marginal) or
-    one per class (Mondrian; per-class coverage is only guaranteed then)."""
+    one per class (Mondrian; per-class coverage is only guaranteed then; the weakest class's
+    bounds the whole). `patients`: each image's patient, where known."""
     covered = sets[np.arange(len(labels)), labels]
     size = sets.sum(1)
-    summary = _coverage(covered, level)
+    summary = _coverage(covered, level, min(calibration), alpha, patients)
     summary |= {
         "target": _r(1 - alpha),
         "mean_set_size": _r(size.mean()) if len(size) else None,
@@ -200,22 +217,13 @@ def set_summary(
         "full": _r((size == len(classes)).mean()) if len(size) else None,
         "sizes": {str(k): int((size == k).sum()) for k in range(len(classes) + 1)},
     }
-    if len(calibration) == 1:
-        overall = expected_coverage(int(covered.sum()), len(labels), calibration[0], alpha, level)
-    else:  # Mondrian: the weakest class's calibration bounds the whole
-        overall = expected_coverage(int(covered.sum()), len(labels), min(calibration), alpha, level)
-    summary["expected"] = overall
-    summary["holds"] = overall["holds"]
     summary["per_class"] = {}
     for k, name in enumerate(classes):
         own = labels == k
-        entry = _coverage(covered[own], level)
-        entry["mean_set_size"] = _r(size[own].mean()) if own.any() else None
         n_k = calibration[k] if len(calibration) > 1 else calibration[0]
-        entry["expected"] = expected_coverage(
-            int(covered[own].sum()), int(own.sum()), n_k, alpha, level
-        )
-        entry["holds"] = entry["expected"]["holds"]
+        own_patients = None if patients is None else patients[own]
+        entry = _coverage(covered[own], level, n_k, alpha, own_patients)
+        entry["mean_set_size"] = _r(size[own].mean()) if own.any() else None
         summary["per_class"][name] = entry
     return summary
 
@@ -247,10 +255,11 @@ def build_section(
     test: tuple[np.ndarray, np.ndarray],
     classes: tuple[str, ...],
     level: float,
+    patients: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The `conformal` section of reports/deferral.json: settings, calibration size and
     whether it suffices, and the test split's sets summarised. `calibration` and `test` are
-    (labels, probabilities)."""
+    (labels, probabilities); `patients`: each test image's patient, where known."""
     sets, enough = checked_sets(calibration, test[1], cfg.alpha, cfg)
     sizes = (
         tuple(int((calibration[0] == k).sum()) for k in range(len(classes)))
@@ -263,7 +272,7 @@ def build_section(
         "mondrian": cfg.mondrian,
         "calibration_images": len(calibration[0]),
         "enough_calibration_images": enough,
-        "test": set_summary(sets, test[0], classes, cfg.alpha, level, sizes),
+        "test": set_summary(sets, test[0], classes, cfg.alpha, level, sizes, patients),
     }
 
 

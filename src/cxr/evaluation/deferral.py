@@ -8,7 +8,8 @@ Clopper-Pearson upper bound at `deferral.confidence` (`bound: upper`). Confidenc
 calibrated with the temperature the evaluate stage fitted on val (`deferral.calibrated`).
 
 On the test split, from plots/predictions.csv, it reports the coverage, the selective risk and
-accuracy (with an exact binomial interval) at that threshold, next to the error of answering
+accuracy at that threshold (exact binomial intervals on the films' effective number, where the
+file names patients: cxr.evaluation.proportions), next to the error of answering
 everything, and the risk-coverage curve with its area (AURC, Geifman et al., 2019: the mean
 selective risk over all coverages; lower is better), the oracle's AURC (all errors ranked
 last) and the excess E-AURC = AURC - oracle.
@@ -23,12 +24,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import beta, binomtest
+from scipy.stats import beta
 
 from cxr.core.config import DeferralConfig
 from cxr.core.errors import CxrError
 from cxr.core.fsio import read_json, sha256_file
 from cxr.evaluation.calibration import scale_probabilities
+from cxr.evaluation.proportions import proportion_ci
 
 REFER, ACCEPT = "refer", "accept"
 
@@ -135,8 +137,10 @@ def operating_point(
     temperature: float | None,
     classes: tuple[str, ...],
     level: float,
+    patients: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Coverage, selective risk and accuracy (exact binomial interval) at `threshold`, the
+    """Coverage and selective accuracy at `threshold`, with exact binomial intervals (over
+    the films' effective number given their `patients`, where known), the selective risk, the
     error of answering everything, AURC, and per class how many images are kept."""
     confidence = confidences(probabilities, temperature)
     correct = probabilities.argmax(1) == y_true
@@ -155,9 +159,11 @@ def operating_point(
         "oracle_aurc": _r(oracle_aurc(correct)),
     }
     section["e_aurc"] = _r(section["aurc"] - section["oracle_aurc"])
+    section["coverage_ci"] = proportion_ci(keep, level, patients)
     if kept:
-        ci = binomtest(right, kept).proportion_ci(level, method="exact")
-        section["selective_accuracy_ci"] = {"low": _r(ci.low), "high": _r(ci.high)}
+        section["selective_accuracy_ci"] = proportion_ci(
+            correct[keep], level, None if patients is None else patients[keep]
+        )
     section["per_class"] = {
         name: {
             "images": int((y_true == k).sum()),
@@ -276,9 +282,11 @@ def build_report(
     val: tuple[np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray],
     classes: tuple[str, ...],
+    patients: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """reports/deferral.json and the risk-coverage table from (labels, probabilities) of val
-    (where the threshold is chosen) and test (where it is judged)."""
+    (where the threshold is chosen) and test (where it is judged; `patients`: each test
+    image's patient, where known, for the intervals)."""
     val_conf = confidences(val[1], temperature)
     val_correct = val[1].argmax(1) == val[0]
     chosen = choose_threshold(val_conf, val_correct, cfg.target_risk, cfg.bound, cfg.confidence)
@@ -296,7 +304,7 @@ def build_report(
             "aurc": _r(aurc(val_conf, val_correct)),
         },
         "test": operating_point(
-            test[0], test[1], chosen.value, temperature, classes, cfg.confidence
+            test[0], test[1], chosen.value, temperature, classes, cfg.confidence, patients
         ),
     }
     test_conf = confidences(test[1], temperature)

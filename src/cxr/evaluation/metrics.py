@@ -429,15 +429,20 @@ def read_predictions(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, tuple
     return y_true, frame[columns].to_numpy(dtype=np.float64), classes
 
 
+def read_patients(frame: pd.DataFrame) -> np.ndarray | None:
+    """Each image's patient code from a predictions frame; None for files without the column
+    (written before it existed)."""
+    return frame["patient"].astype(str).to_numpy() if "patient" in frame.columns else None
+
+
 def metrics_from_predictions(
     frame: pd.DataFrame, resamples: int, confidence: float, seed: int
 ) -> dict:
     """`classification_metrics` recomputed from a predictions file alone (over its patients,
     as the evaluate stage resampled them, where it has the `patient` column)."""
     y_true, probabilities, classes = read_predictions(frame)
-    patients = frame["patient"].astype(str).to_numpy() if "patient" in frame.columns else None
     return classification_metrics(
-        y_true, probabilities, classes, resamples, confidence, seed, patients
+        y_true, probabilities, classes, resamples, confidence, seed, read_patients(frame)
     )
 
 
