@@ -2,9 +2,10 @@
 `<!-- recipe:cpu -->` block, `<folder>` replaced by --data, once per training seed, in a
 temporary git+DVC copy of the project. Prints per seed the wall-clock minutes of the whole
 `dvc exp run` (the first seed's includes download, split and augment, as a fresh clone's
-does), each stage's share, and the test numbers the pipeline wrote: balanced accuracy with its
-interval, the model minus the majority and the source-only baselines, per-source balanced
-accuracy, the audit's verdict and the external folders' results.
+does) and of each stage (from its "Running stage" line to the next), and the test numbers the
+pipeline wrote: balanced accuracy with its interval, the model minus the majority and the
+source-only baselines, per-source balanced accuracy, the audit's verdict and the external
+folders' results.
 
     python benchmarks/recipe_pipeline.py --data ../shared/data/cxrmix
     python benchmarks/recipe_pipeline.py --data <folder> --seeds 0 --external <other folder>
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -73,21 +75,47 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
-def run_seed(project: Path, command: list[str], seed: int) -> tuple[float, str]:
-    """One `dvc exp run` (output streamed to this terminal's stderr); minutes and stdout."""
+class Timed(NamedTuple):
+    """A DVC command's wall-clock minutes, stdout, exit status and its stages' minutes."""
+
+    minutes: float
+    stdout: str
+    returncode: int
+    stages: dict[str, float]
+
+
+def run_seed(project: Path, command: list[str], seed: int) -> Timed:
+    """One `dvc exp run` with `seed` (its stderr streamed to this terminal's)."""
+    timed = run_timed(project, [*command, "-S", f"train.seed={seed}"])
+    if timed.returncode != 0:
+        print(timed.stdout[-4000:], file=sys.stderr)
+        raise SystemExit(f"dvc exp run failed for seed {seed}")
+    return timed
+
+
+def run_timed(project: Path, command: list[str]) -> Timed:
+    """Run a DVC command in `project`, noting when each "Running stage" line arrives: a stage
+    lasts from its line to the next stage's line (or the command's end), DVC's own work
+    between stages included."""
     start = time.perf_counter()
-    done = subprocess.run(
-        [*command, "-S", f"train.seed={seed}"],
+    lines: list[str] = []
+    marks: list[tuple[str, float]] = []
+    with subprocess.Popen(
+        command,
         cwd=project,
         stdout=subprocess.PIPE,
         text=True,
-        env={**_env(project), "PYTHONUNBUFFERED": "1"},
-    )
-    minutes = (time.perf_counter() - start) / 60
-    if done.returncode != 0:
-        print(done.stdout[-4000:], file=sys.stderr)
-        raise SystemExit(f"dvc exp run failed for seed {seed}")
-    return minutes, done.stdout
+        env={**_env(project), "PYTHONUNBUFFERED": "1"},  # lines arrive when printed
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if match := STAGE_LINE.match(line):
+                marks.append((match.group(1), time.perf_counter()))
+    end = time.perf_counter()
+    times = [when for _, when in marks] + [end]
+    stages = {name: (times[i + 1] - times[i]) / 60 for i, (name, _) in enumerate(marks)}
+    return Timed((end - start) / 60, "".join(lines), process.returncode, stages)
 
 
 def _env(project: Path) -> dict[str, str]:
@@ -140,12 +168,12 @@ def summary(project: Path, stdout: str) -> dict:
     }
 
 
-def print_seed(seed: int, minutes: float, stdout: str, result: dict) -> None:
+def print_seed(seed: int, timed: Timed, result: dict) -> None:
     report, baselines = result["eval"], result["eval"]["baselines"]
-    stages = STAGE_LINE.findall(stdout)
+    stages = ", ".join(f"{name} {minutes:.1f}" for name, minutes in timed.stages.items())
     recall = ", ".join(f"{c} {v['recall']:.2f}" for c, v in report["per_class"].items())
     auc = ", ".join(f"{c} {v['roc_auc']:.2f}" for c, v in report["per_class"].items())
-    print(f"\nseed {seed}: dvc exp run {minutes:.1f} min (stages run: {', '.join(stages)})")
+    print(f"\nseed {seed}: dvc exp run {timed.minutes:.1f} min (stages run, minutes: {stages})")
     print(
         f"  test balanced accuracy {_ci(report)}, accuracy {report['accuracy']:.3f}, "
         f"macro-F1 {report['macro']['f1']:.3f}; recall {recall}; AUC {auc}"
@@ -216,9 +244,13 @@ def main() -> None:
             raise SystemExit(f"--keep {args.keep}: exists already; name a new folder")
         project = copy_project(args.keep or Path(scratch) / "project")
         for seed in args.seeds:
-            minutes, stdout = run_seed(project, command, seed)
-            results[seed] = {"minutes": minutes, **summary(project, stdout)}
-            print_seed(seed, minutes, stdout, results[seed])
+            timed = run_seed(project, command, seed)
+            results[seed] = {
+                "minutes": timed.minutes,
+                "stage_minutes": timed.stages,
+                **summary(project, timed.stdout),
+            }
+            print_seed(seed, timed, results[seed])
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

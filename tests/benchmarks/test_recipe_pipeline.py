@@ -86,3 +86,21 @@ def test_every_report_is_written_by_a_stage_of_the_projects_pipeline() -> None:
         "gradcam": "gradcam",
         "deferral": "defer",
     }, stages
+
+
+def test_run_timed_gives_each_stage_that_ran_its_share_of_the_wall_clock(repo: Path) -> None:
+    pipeline = load_benchmark("recipe_pipeline")
+
+    timed = pipeline.run_timed(repo, ["dvc", "repro"])
+    assert timed.returncode == 0, timed.stdout
+    assert list(timed.stages) == pipeline.STAGE_LINE.findall(timed.stdout), timed.stdout
+    assert sorted(timed.stages) == ["audit", "evaluate", "train"], timed.stages
+    assert all(minutes > 0 for minutes in timed.stages.values()), timed.stages
+    # the stages tile the run from the first stage's line on: never more than the whole
+    assert sum(timed.stages.values()) <= timed.minutes, (timed.stages, timed.minutes)
+
+    again = pipeline.run_timed(repo, ["dvc", "repro"])
+    assert again.returncode == 0 and again.stages == {}, again.stdout  # nothing to run
+
+    failed = pipeline.run_timed(repo, ["dvc", "repro", "no-such-stage"])
+    assert failed.returncode != 0 and failed.stages == {}, failed.stdout
