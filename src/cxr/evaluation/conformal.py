@@ -148,18 +148,10 @@ def _coverage(
     share = float(covered.mean()) if n else 0.0
     size = effective_size(covered, patients)
     expected = expected_coverage(round(share * size), round(size), calibration, alpha, level)
-    if n == 0:
-        return {
-            "images": 0,
-            "coverage": None,
-            "coverage_ci": None,
-            "expected": expected,
-            "holds": expected["holds"],
-        }
     return {
         "images": n,
-        "coverage": _r(share),
-        "coverage_ci": proportion_ci(covered, level, patients),
+        "coverage": _r(share) if n else None,  # a class with no test film has no coverage
+        "coverage_ci": proportion_ci(covered, level, patients) if n else None,
         "expected": expected,
         "holds": expected["holds"],
     }
