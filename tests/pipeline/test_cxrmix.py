@@ -26,8 +26,9 @@ SMALL = {
     "train.batch_augment.enabled": False,
     "train.epochs": 3,
     "lr": 0.003,
-    "gradcam.faithfulness.images": 3,
-    "gradcam.lime.num_samples": 30,
+    # the audit reads only Grad-CAM's localisation: no LIME or faithfulness curves
+    "gradcam.images_per_class": 1,
+    "gradcam.faithfulness.images": 0,
     "audit.probe_folds": 3,
 }
 
@@ -92,6 +93,9 @@ def test_leave_hannover_out_and_score_it_as_an_external_folder(
     assert set(source["values"]) == {"actualmed", "ieee8023", "nih-cxr14"}
     assert source["balanced_accuracy"] > source["chance"] + 0.2
     assert "nih-cxr14" in audit["probes"]["class_within_source"]  # Normal vs Pneumonia
+    gradcam = audit["gradcam"]  # Grad-CAM's energy outside the lungs, beside their area
+    assert gradcam["images"] > 0 and 0 < gradcam["area_outside_lungs"] < 1
+    assert 0 <= gradcam["energy_outside_lungs"] <= 1
     headline = json.loads((project / "metrics/audit.json").read_text())
     assert headline["source_probe_balanced_accuracy"] == source["balanced_accuracy"]
     print("cxrmix audit (64 px):", json.dumps(headline))
