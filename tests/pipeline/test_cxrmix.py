@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 # Small images and few epochs: what is checked is that every part is there and right, not
 # the recipe's quality (docs/results.md's cxrmix results come from benchmarks/recipe_pipeline.py).
 SMALL = {
-    "evaluate.bootstrap_resamples": 200,
+    "evaluate.bootstrap_resamples": 100,
     "augment.target": "none",
     "train.image_size": 64,
     "train.finetune": "top",
