@@ -27,22 +27,9 @@ def test_loadgroup_sends_a_group_to_one_worker(tmp_path: Path) -> None:
     # 9.2 with xdist 3.8 dropped the groups silently (pytest-xdist issue 1386), and every
     # worker then built the shared pipeline runs itself.
     (tmp_path / "test_grouped.py").write_text(GROUPED)
+    options = ["-n", "2", "--dist", "loadgroup", "-v", "-p", "no:cacheprovider"]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-n",
-            "2",
-            "--dist",
-            "loadgroup",
-            "-v",
-            "-p",
-            "no:cacheprovider",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
+        [sys.executable, "-m", "pytest", *options], cwd=tmp_path, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stdout + done.stderr
     ran = re.findall(r"\[(gw\d)\] .*PASSED \S+::(test_\w+)\[", done.stdout)
