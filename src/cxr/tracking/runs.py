@@ -145,7 +145,10 @@ def lock_hashes(lock: Path = DVC_LOCK) -> dict[str, str]:
 
     if not lock.is_file():
         return {}
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    # libyaml's parser when PyYAML has it: the pure-Python one takes 0.2 s for a 40 kB lock,
+    # and every tracked stage reads it three times. Same safe constructors either way.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    stages = (yaml.load(lock.read_text(), Loader=loader) or {}).get("stages", {})
     return {
         out["path"]: out["md5"]
         for stage in stages.values()
