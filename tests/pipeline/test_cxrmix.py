@@ -29,6 +29,7 @@ SMALL = {
     # the audit reads only Grad-CAM's localisation: no LIME or faithfulness curves
     "gradcam.images_per_class": 1,
     "gradcam.faithfulness.images": 0,
+    "gradcam.lime.images_per_class": 0,
     "audit.probe_folds": 3,
 }
 

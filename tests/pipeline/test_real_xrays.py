@@ -32,9 +32,10 @@ REAL = {
     "data.synthetic.image_size": 64,
     "evaluate.bootstrap_resamples": 100,
     "gradcam.images_per_class": 2,
-    # Grad-CAM's localisation is printed below; LIME and the faithfulness curves are checked
-    # on synthetic data (tests/explanation), not here
+    # Grad-CAM's localisation is printed below; LIME (its figures and the faithfulness
+    # curves) is checked on synthetic data (tests/explanation), not here
     "gradcam.faithfulness.images": 0,
+    "gradcam.lime.images_per_class": 0,
     "augment.target": "none",
     "train.image_size": 96,
     "train.epochs": 2,
