@@ -80,6 +80,15 @@ TINY_PARAMS: dict[str, object] = {
 }
 
 
+# The gradcam stage with Grad-CAM alone, for the real-data tests, which read only its
+# localisation: `faithfulness.images: 0` stops the curves but not LIME's method figures, so
+# both are set. LIME itself is checked on synthetic data (tests/explanation, the tiny run).
+GRADCAM_ONLY: dict[str, object] = {
+    "gradcam.faithfulness.images": 0,
+    "gradcam.lime.images_per_class": 0,
+}
+
+
 def project_params() -> dict:
     """The project's params.yaml as a mapping."""
     return yaml.safe_load((PROJECT / "params.yaml").read_text())

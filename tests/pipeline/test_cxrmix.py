@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers.project import copy_project, run, set_params
+from tests.helpers.project import GRADCAM_ONLY, copy_project, run, set_params
 from tests.helpers.sources import linked_subset
 
 pytestmark = pytest.mark.e2e
@@ -26,10 +26,8 @@ SMALL = {
     "train.batch_augment.enabled": False,
     "train.epochs": 3,
     "lr": 0.003,
-    # the audit reads only Grad-CAM's localisation: no LIME or faithfulness curves
     "gradcam.images_per_class": 1,
-    "gradcam.faithfulness.images": 0,
-    "gradcam.lime.images_per_class": 0,
+    **GRADCAM_ONLY,  # the audit reads only Grad-CAM's localisation
     "audit.probe_folds": 3,
 }
 

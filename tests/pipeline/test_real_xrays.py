@@ -14,6 +14,7 @@ import pytest
 from statsmodels.stats.contingency_tables import mcnemar
 
 from tests.helpers.project import (
+    GRADCAM_ONLY,
     copy_project,
     git_commit,
     run,
@@ -32,10 +33,7 @@ REAL = {
     "data.synthetic.image_size": 64,
     "evaluate.bootstrap_resamples": 100,
     "gradcam.images_per_class": 2,
-    # Grad-CAM's localisation is printed below; LIME (its figures and the faithfulness
-    # curves) is checked on synthetic data (tests/explanation), not here
-    "gradcam.faithfulness.images": 0,
-    "gradcam.lime.images_per_class": 0,
+    **GRADCAM_ONLY,  # its localisation is printed below
     "augment.target": "none",
     "train.image_size": 96,
     "train.epochs": 2,
