@@ -9,8 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from cxr.evaluation.metrics import classification_metrics, metrics_from_predictions
+from cxr.evaluation.metrics import (
+    classification_metrics,
+    metrics_from_predictions,
+    one_vs_rest_auc,
+)
 
 CLASSES = ("A", "B", "C")
 # Rows: true class, columns: predicted class. Column sums 9, 8, 8; row sums 8, 10, 7; N = 25.
@@ -78,6 +83,30 @@ def noisy_predictions(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     logits[np.arange(n), y_true] += 1.5
     probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     return y_true, probabilities
+
+
+def test_one_vs_rest_auc_by_ranks_is_scikit_learns() -> None:
+    """Random and heavily tied scores (a tenth of the values rounded to one decimal), with
+    classes missing from some draws: NaN exactly where scikit-learn has no AUC, else equal to
+    its `roc_auc_score` within floating-point rounding."""
+    rng = np.random.default_rng(3)
+    compared = 0
+    for i in range(300):
+        n_classes = int(rng.integers(2, 5))
+        size = int(rng.integers(2, 120))
+        y_true = rng.integers(0, n_classes if i % 4 else 1 + n_classes // 2, size)
+        scores = rng.dirichlet(np.ones(n_classes), size)
+        if i % 2:
+            scores = np.round(scores, 1)
+        auc = one_vs_rest_auc(y_true, scores)
+        for k in range(n_classes):
+            positive = y_true == k
+            if positive.all() or not positive.any():
+                assert np.isnan(auc[k])
+                continue
+            assert auc[k] == pytest.approx(roc_auc_score(positive, scores[:, k]), abs=1e-12)
+            compared += 1
+    assert compared > 500
 
 
 def test_bootstrap_intervals_contain_estimate_and_narrow_with_more_images():

@@ -24,7 +24,12 @@ from torch import nn
 
 from cxr.core.config import AuditConfig, EvaluateConfig
 from cxr.data.metadata import patient_groups
-from cxr.evaluation.metrics import bootstrap_ci, paired_bootstrap_difference
+from cxr.evaluation.metrics import (
+    accuracy_of,
+    balanced_accuracy_of,
+    bootstrap_ci,
+    paired_bootstrap_difference,
+)
 from cxr.training.inference import predict_logits
 from cxr.training.scores import balanced_accuracy
 
@@ -81,14 +86,6 @@ def probabilities_of(
     return logits.softmax(1).double().numpy()
 
 
-def _balanced(t: np.ndarray, p: np.ndarray) -> float:
-    return balanced_accuracy(t, p.argmax(1))
-
-
-def _accuracy(t: np.ndarray, p: np.ndarray) -> float:
-    return float((p.argmax(1) == t).mean())
-
-
 def condition_scores(
     y: np.ndarray,
     probabilities: np.ndarray,
@@ -102,10 +99,10 @@ def condition_scores(
     predicted = probabilities.argmax(1)
     boot = (cfg.bootstrap_resamples, cfg.confidence, cfg.seed, patients)
     return {
-        "accuracy": round(_accuracy(y, probabilities), 6),
-        "accuracy_ci": bootstrap_ci(y, probabilities, _accuracy, *boot),
-        "balanced_accuracy": round(_balanced(y, probabilities), 6),
-        "balanced_accuracy_ci": bootstrap_ci(y, probabilities, _balanced, *boot),
+        "accuracy": round(accuracy_of(y, probabilities), 6),
+        "accuracy_ci": bootstrap_ci(y, probabilities, accuracy_of, *boot),
+        "balanced_accuracy": round(balanced_accuracy_of(y, probabilities), 6),
+        "balanced_accuracy_ci": bootstrap_ci(y, probabilities, balanced_accuracy_of, *boot),
         "recall": {
             name: round(float((predicted[y == k] == k).mean()), 6) if (y == k).any() else None
             for k, name in enumerate(classes)
@@ -142,7 +139,7 @@ def occlusion_report(
             y,
             probabilities[condition],
             probabilities["intact"],
-            _balanced,
+            balanced_accuracy_of,
             cfg.bootstrap_resamples,
             cfg.confidence,
             cfg.seed,

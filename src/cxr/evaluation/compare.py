@@ -44,13 +44,14 @@ from cxr.core import layout
 from cxr.core.errors import CxrError
 from cxr.core.fsio import save_figure, write_csv, write_json
 from cxr.evaluation.metrics import (
+    accuracy_of,
+    balanced_accuracy_of,
     bootstrap_ci,
     macro_auc,
     paired_bootstrap_difference,
     read_patients,
     read_predictions,
 )
-from cxr.training.scores import balanced_accuracy
 
 PREDICTIONS = layout.PREDICTIONS.as_posix()
 WORKSPACE = "workspace"
@@ -60,18 +61,10 @@ class CompareError(CxrError, ValueError):
     """Experiments that cannot be compared (missing, or not on the same test split)."""
 
 
-def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    return float((p.argmax(1) == y).mean())
-
-
-def _balanced(y: np.ndarray, p: np.ndarray) -> float:
-    return balanced_accuracy(y, p.argmax(1))
-
-
 # metric name -> f(labels, probabilities)
 METRICS = {
-    "accuracy": _accuracy,
-    "balanced_accuracy": _balanced,
+    "accuracy": accuracy_of,
+    "balanced_accuracy": balanced_accuracy_of,
     "macro_auc": macro_auc,
 }
 DIFFERENCES = ("balanced_accuracy", "macro_auc")  # paired bootstrap of the difference

@@ -24,11 +24,15 @@ from cxr.core.fsio import sorted_files
 from cxr.data.metadata import metadata_for, patient_groups
 from cxr.data.sources import SourceError, dataset_root, detect_layout, read_metadata
 from cxr.evaluation.evaluate import baselines_and_groups
-from cxr.evaluation.metrics import bootstrap_ci, round_probabilities
+from cxr.evaluation.metrics import (
+    accuracy_of,
+    balanced_accuracy_of,
+    bootstrap_ci,
+    round_probabilities,
+)
 from cxr.training.checkpoint import ModelCard
 from cxr.training.inference import predict_logits
 from cxr.training.pixels import FolderIndex, load_pixels
-from cxr.training.scores import balanced_accuracy
 
 
 @dataclass(frozen=True)
@@ -96,12 +100,6 @@ def present_metrics(
     present = [int(k) for k in np.unique(y_true)]
     boot = (cfg.bootstrap_resamples, cfg.confidence, cfg.seed, patients)
 
-    def acc(t: np.ndarray, p: np.ndarray) -> float:
-        return float(np.mean(t == p.argmax(1)))
-
-    def balanced(t: np.ndarray, p: np.ndarray) -> float:
-        return balanced_accuracy(t, p.argmax(1))
-
     per_class = {}
     for k in present:
         predicted_k = y_pred == k
@@ -119,10 +117,10 @@ def present_metrics(
     return {
         "images": len(y_true),
         "classes_present": [classes[k] for k in present],
-        "accuracy": round(acc(y_true, probabilities), 6),
-        "accuracy_ci": bootstrap_ci(y_true, probabilities, acc, *boot),
-        "balanced_accuracy": round(balanced(y_true, probabilities), 6),
-        "balanced_accuracy_ci": bootstrap_ci(y_true, probabilities, balanced, *boot),
+        "accuracy": round(accuracy_of(y_true, probabilities), 6),
+        "accuracy_ci": bootstrap_ci(y_true, probabilities, accuracy_of, *boot),
+        "balanced_accuracy": round(balanced_accuracy_of(y_true, probabilities), 6),
+        "balanced_accuracy_ci": bootstrap_ci(y_true, probabilities, balanced_accuracy_of, *boot),
         "per_class": per_class,
         "predicted": {
             name: int((y_pred == k).sum()) for k, name in enumerate(classes)

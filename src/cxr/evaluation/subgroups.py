@@ -19,8 +19,8 @@ import pandas as pd
 from fairlearn.metrics import MetricFrame
 from sklearn.metrics import recall_score
 
-from cxr.evaluation.metrics import bootstrap_ci
-from cxr.training.scores import balanced_accuracy
+from cxr.evaluation.metrics import accuracy_of, balanced_accuracy_of, bootstrap_ci
+from cxr.training.scores import accuracy, balanced_accuracy
 
 # A class with at least this share of its images from one source is "confounded" with it.
 CONFOUNDED_SHARE = 0.9
@@ -64,28 +64,6 @@ def _recall_of(k: int) -> Callable[[np.ndarray, np.ndarray], float]:
     return recall
 
 
-def _accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return float(np.mean(np.asarray(y_true) == np.asarray(y_pred)))
-
-
-def _balanced(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return balanced_accuracy(np.asarray(y_true), np.asarray(y_pred))
-
-
-# The same two metrics on (labels, one-hot predictions), vectorised for the bootstrap's many
-# resamples: fairlearn's own bootstrap re-runs scikit-learn per group and resample (minutes).
-def _boot_accuracy(y_true: np.ndarray, hits: np.ndarray) -> float:
-    return float(hits[np.arange(len(y_true)), y_true].mean())
-
-
-def _boot_balanced(y_true: np.ndarray, hits: np.ndarray) -> float:
-    right = hits[np.arange(len(y_true)), y_true]
-    counts = np.bincount(y_true, minlength=hits.shape[1])
-    correct = np.bincount(y_true, weights=right, minlength=hits.shape[1])
-    present = counts > 0
-    return float(np.mean(correct[present] / counts[present]))
-
-
 def _finite(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), 6)
 
@@ -103,7 +81,7 @@ def group_table(
     """One row per group: images, accuracy and balanced accuracy (with percentile bootstrap
     intervals over the group's patients, one label per image in `patients`), and each class's
     recall (NaN where the group has none of that class)."""
-    metrics: dict[str, Callable] = {"accuracy": _accuracy, "balanced_accuracy": _balanced}
+    metrics: dict[str, Callable] = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy}
     metrics.update({f"recall_{name}": _recall_of(k) for k, name in enumerate(classes)})
     groups = groups.rename("group").reset_index(drop=True)
     with warnings.catch_warnings():
@@ -114,8 +92,8 @@ def group_table(
     table = frame.by_group.copy()
     table.insert(0, "images", groups.value_counts().reindex(table.index).to_numpy())
     if resamples > 0:
-        hits = np.eye(len(classes))[y_pred]
-        for metric, fn in (("accuracy", _boot_accuracy), ("balanced_accuracy", _boot_balanced)):
+        hits = np.eye(len(classes))[y_pred]  # one-hot "probabilities" whose argmax is y_pred
+        for metric, fn in (("accuracy", accuracy_of), ("balanced_accuracy", balanced_accuracy_of)):
             bounds = [
                 bootstrap_ci(
                     y_true[rows], hits[rows], fn, resamples, confidence, seed, patients[rows]
