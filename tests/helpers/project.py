@@ -81,12 +81,10 @@ TINY_PARAMS: dict[str, object] = {
 
 
 # The gradcam stage with Grad-CAM alone, for the real-data tests, which read only its
-# localisation: `faithfulness.images: 0` stops the curves but not LIME's method figures, so
-# both are set. LIME itself is checked on synthetic data (tests/explanation, the tiny run).
-GRADCAM_ONLY: dict[str, object] = {
-    "gradcam.faithfulness.images": 0,
-    "gradcam.lime.images_per_class": 0,
-}
+# localisation: no image scored, so no LIME and no faithfulness curves (LIME's method figures
+# are drawn from the scored images: tests/explanation/test_methods.py). LIME itself is checked
+# on synthetic data (tests/explanation, the tiny run).
+GRADCAM_ONLY: dict[str, object] = {"gradcam.faithfulness.images": 0}
 
 
 def project_params() -> dict:
