@@ -1,11 +1,11 @@
 """Results per subgroup of the test images (source, sex, view, age band), the source-only
 baseline, and the class-source confounding check.
 
-Per-group accuracy, balanced accuracy and per-class recall come from fairlearn's `MetricFrame`
-(with its bootstrap intervals), never from hand-written group-bys. The source-only baseline is
-the best a classifier can do that sees an image's source and view but never its pixels: on data
-whose classes come from different hospitals it scores high, and the model's lead over it is
-what the pixels add.
+Per-group accuracy, balanced accuracy and per-class recall come from fairlearn's `MetricFrame`,
+never from hand-written group-bys; their intervals from the evaluate stage's patient bootstrap.
+The source-only baseline is the best a classifier can do that sees an image's source and view
+but never its pixels: on data whose classes come from different hospitals it scores high, and
+the model's lead over it is what the pixels add.
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ def group_table(
         )
     table = frame.by_group.copy()
     table.insert(0, "images", groups.value_counts().reindex(table.index).to_numpy())
+    # The intervals: the evaluate stage's patient bootstrap, as every other interval (fairlearn's
+    # own bootstrap draws images, and re-runs scikit-learn per group and resample: minutes).
     if resamples > 0:
         hits = np.eye(len(classes))[y_pred]  # one-hot "probabilities" whose argmax is y_pred
         for metric, fn in (("accuracy", accuracy_of), ("balanced_accuracy", balanced_accuracy_of)):
