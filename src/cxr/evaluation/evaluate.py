@@ -40,7 +40,6 @@ from cxr.evaluation.figures import (
 from cxr.evaluation.metrics import (
     baseline_report,
     classification_metrics,
-    confusion,
     curve_frames,
     per_class_frame,
     predictions_frame,
@@ -57,6 +56,7 @@ from cxr.evaluation.subgroups import (
 from cxr.training.checkpoint import ModelCard
 from cxr.training.inference import predict_logits
 from cxr.training.pixels import FolderIndex, PixelSet, index_folder, load_split
+from cxr.training.scores import confusion_counts
 
 
 @dataclass(frozen=True)
@@ -269,7 +269,7 @@ def write_evaluation(result: Evaluation) -> None:
 
 def evaluation_figures(result: Evaluation) -> dict[str, Figure]:
     """The evaluation as figures, by artifact file name."""
-    counts = confusion(result.y_true, result.probabilities.argmax(1), len(result.classes))
+    counts = confusion_counts(result.y_true, result.probabilities.argmax(1), len(result.classes))
     per_class = result.report["per_class"]
     roc, pr = result.curves["roc"], result.curves["pr"]
     return {
