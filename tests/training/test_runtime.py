@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from cxr.training.runtime import keep_freed_memory
+from tests.helpers.project import PROJECT
 from tests.helpers.train_project import make_project, run_train, stage_env
 
 # Two machines: this one as it is (AVX-512 where its CPU has it) and an AVX2 CPU without
@@ -105,3 +108,44 @@ def test_reproducible_mode_trains_the_same_model_on_both_emulated_cpus(tmp_path:
         assert environment["decides"]["threads"] == 2
         assert "AVX2" in tags["cxr.environment.kernels"]
     assert results["this"] == results["avx2"]
+
+
+# Two batches' worth of activations, one after the other, as inference allocates them: the
+# page faults of touching the second, with or without the stages' runtime settings.
+SECOND_BATCH_FAULTS = """
+import resource, sys, torch
+from cxr.core.config import load_params
+from cxr.training.runtime import configure
+if sys.argv[1] == "configured":
+    configure(load_params(sys.argv[2]).train, torch.device("cpu"))
+first = torch.ones(64 * 2**20 // 4)  # 64 MiB: above glibc's largest default mmap threshold
+del first
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+second = torch.ones(64 * 2**20 // 4)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def second_batch_faults(variant: str) -> int:
+    params = str(PROJECT / "params.yaml")
+    done = subprocess.run(
+        [sys.executable, "-c", SECOND_BATCH_FAULTS, variant, params],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(done.stdout.strip())
+
+
+@pytest.mark.skipif(
+    not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"), reason="glibc's allocator only"
+)
+def test_configured_process_reuses_freed_tensor_memory_instead_of_faulting_it_in() -> None:
+    # glibc's default unmaps a freed 64 MiB block and maps the next afresh: 16,384 pages of
+    # 4 KiB to fault in again (32 of 2 MiB where transparent huge pages are always on).
+    default, configured = second_batch_faults("default"), second_batch_faults("configured")
+    assert default >= 32
+    assert configured * 10 < default, (configured, default)
+    assert keep_freed_memory()
+    # That it changes no computed byte: tests/benchmarks/test_freed_memory.py, and every
+    # stage test that compares a model or report with its committed or earlier bytes.
