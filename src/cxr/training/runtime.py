@@ -67,9 +67,9 @@ def select_device(requested: str) -> torch.device:
 
 
 def configure(cfg: TrainConfig, device: torch.device) -> None:
-    """Threads, deterministic algorithms and seeds for a run on `device`. CPU runs always use
-    deterministic algorithms (they cost nothing there); GPU runs only in reproducible mode,
-    else they take cuDNN's fastest kernels."""
+    """Threads, the allocator (`keep_freed_memory`), deterministic algorithms and seeds for a
+    run on `device`. CPU runs always use deterministic algorithms (they cost nothing there);
+    GPU runs only in reproducible mode, else they take cuDNN's fastest kernels."""
     torch.set_num_threads(cfg.threads)
     keep_freed_memory()
     deterministic = device.type == "cpu" or cfg.reproducible
