@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-from cxr.training.runtime import keep_freed_memory
 from tests.helpers.project import PROJECT
 from tests.helpers.train_project import make_project, run_train, stage_env
 
@@ -110,42 +109,51 @@ def test_reproducible_mode_trains_the_same_model_on_both_emulated_cpus(tmp_path:
     assert results["this"] == results["avx2"]
 
 
-# Two batches' worth of activations, one after the other, as inference allocates them: the
-# page faults of touching the second, with or without the stages' runtime settings.
-SECOND_BATCH_FAULTS = """
+# Batch after batch of activations, as inference allocates and frees them: the page faults of
+# touching each, with or without the stages' runtime settings.
+BATCH_FAULTS = """
 import resource, sys, torch
 from cxr.core.config import load_params
-from cxr.training.runtime import configure
+from cxr.training.runtime import configure, keep_freed_memory
 if sys.argv[1] == "configured":
     configure(load_params(sys.argv[2]).train, torch.device("cpu"))
-first = torch.ones(64 * 2**20 // 4)  # 64 MiB: above glibc's largest default mmap threshold
-del first
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-second = torch.ones(64 * 2**20 // 4)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    assert keep_freed_memory()  # applies on this glibc (configure's own call returns nothing)
+faults = []
+for _ in range(int(sys.argv[3])):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    batch = torch.ones(64 * 2**20 // 4)  # 64 MiB: above glibc's largest default mmap threshold
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    del batch
+print(*faults)
 """
+BATCHES, SETTLED = 12, 6
 
 
-def second_batch_faults(variant: str) -> int:
+def batch_faults(variant: str) -> list[int]:
     params = str(PROJECT / "params.yaml")
     done = subprocess.run(
-        [sys.executable, "-c", SECOND_BATCH_FAULTS, variant, params],
+        [sys.executable, "-c", BATCH_FAULTS, variant, params, str(BATCHES)],
         capture_output=True,
         text=True,
         check=True,
     )
-    return int(done.stdout.strip())
+    return [int(count) for count in done.stdout.split()]
 
 
 @pytest.mark.skipif(
     not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"), reason="glibc's allocator only"
 )
 def test_configured_process_reuses_freed_tensor_memory_instead_of_faulting_it_in() -> None:
-    # glibc's default unmaps a freed 64 MiB block and maps the next afresh: 16,384 pages of
-    # 4 KiB to fault in again (32 of 2 MiB where transparent huge pages are always on).
-    default, configured = second_batch_faults("default"), second_batch_faults("configured")
-    assert default >= 32
-    assert configured * 10 < default, (configured, default)
-    assert keep_freed_memory()
+    # glibc's default unmaps every freed 64 MiB block and maps the next afresh: 16,384 pages of
+    # 4 KiB to fault in again per batch (32 of 2 MiB where transparent huge pages are always on).
+    # Configured, the heap may still grow for the first few batches: PyTorch asks for 64-byte
+    # aligned blocks, and glibc takes a fresh one from the top of the heap while no freed block
+    # has the slack alignment needs. Over 100 runs here it settled by the 4th batch, so only the
+    # last 6 of 12 count, and one late growth among them is tolerated.
+    default, configured = batch_faults("default"), batch_faults("configured")
+    assert len(default) == len(configured) == BATCHES
+    settled_default, settled_configured = sum(default[-SETTLED:]), sum(configured[-SETTLED:])
+    assert min(default[-SETTLED:]) >= 32, default  # every batch faulted in anew
+    assert settled_configured * 4 < settled_default, (configured, default)
     # That it changes no computed byte: tests/benchmarks/test_freed_memory.py, and every
     # stage test that compares a model or report with its committed or earlier bytes.
