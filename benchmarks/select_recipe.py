@@ -36,6 +36,7 @@ from cxr.training.models import build_model, resolve_weights
 from cxr.training.pixels import PixelSet, cached_split, index_folder
 from cxr.training.preprocessing import Preprocessing
 from cxr.training.runtime import configure
+from cxr.training.state import SELECTION, EpochStats
 
 # What can be cross-validated here: recipes that train on the unaugmented train split.
 CANDIDATES = {name: recipe for name, recipe in EVERY.items() if recipe["augment.target"] == "none"}
@@ -92,6 +93,19 @@ def per_source(
     }
 
 
+def patience_keeping(history: list[EpochStats], select_by: str) -> int:
+    """The smallest `train.early_stopping_patience` that keeps the epoch the full run keeps:
+    the longest wait, in epochs, between one best-so-far epoch and the next. Training stops
+    `patience` epochs after its latest best, and the epochs before that are the same run, so
+    any patience at least this long keeps the same weights (and any shorter one does not)."""
+    score = SELECTION[select_by]
+    best, longest = 1, 1
+    for stats in history[1:]:
+        if score(stats) > score(history[best - 1]):
+            longest, best = max(longest, stats.epoch - best), stats.epoch
+    return longest
+
+
 def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict:
     """Out-of-fold balanced accuracy and per-class recall of one recipe."""
     cfg = dataclasses.replace(params.train, threads=threads)
@@ -106,6 +120,7 @@ def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict
     truth = pool.labels.numpy()
     predicted = np.full_like(truth, -1)
     kept: list[int] = []  # each fold's kept epoch: how many epochs the recipe needs
+    patience: list[int] = []  # each fold's shortest early-stopping patience keeping that epoch
     splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=0)
     for fold, (fit_rows, held_rows) in enumerate(splitter.split(truth, truth, groups)):
         fold_cfg = dataclasses.replace(cfg, seed=fold)
@@ -116,6 +131,7 @@ def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict
         result = fit(model, subset(pool, fit_rows), held, fold_cfg, params.lr, device, groups=own)
         model.load_state_dict(result.best_state)
         kept.append(result.best_epoch)
+        patience.append(patience_keeping(result.history, cfg.select_by))
         logits = predict_logits(model, cfg.model, held.pixels, 64, device)
         predicted[held_rows] = logits.argmax(1).numpy()
     assert (predicted >= 0).all()
@@ -125,6 +141,7 @@ def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict
         "recall": dict(zip(pool.classes, map(float, recall), strict=True)),
         "images": len(truth),
         "kept_epochs": kept,
+        "patience_keeping": patience,
         "sources": per_source(data, pool.files, truth, predicted, pool.classes),
     }
 
@@ -151,7 +168,9 @@ def main() -> None:
             print(
                 f"{name:36s} {args.folds}-fold balanced accuracy "
                 f"{scores[name]['balanced_accuracy']:.3f} (recall {recall}), kept epochs "
-                f"{scores[name]['kept_epochs']} of {params.train.epochs}, "
+                f"{scores[name]['kept_epochs']} of {params.train.epochs} (an early-stopping "
+                f"patience >= {max(scores[name]['patience_keeping'])} keeps them all: "
+                f"{scores[name]['patience_keeping']}), "
                 f"{(time.perf_counter() - start) / 60:.1f} min",
                 flush=True,
             )

@@ -10,8 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 from PIL import Image
+
+from cxr.core.config import TrainConfig
+from cxr.training.pixels import PixelSet
 
 PROJECT = Path(__file__).resolve().parents[2]
 CLASSES = ("COVID", "Normal", "Viral Pneumonia")
@@ -72,3 +76,25 @@ def run_train(root: Path, cmd: list[str] | None = None, **extra: str) -> str:
     )
     assert done.returncode == 0, f"train failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout + done.stderr
+
+
+def tiny_set(n: int = 12, size: int = 32, seed: int = 0) -> PixelSet:
+    """n seeded noise images of three classes, in memory: for the training loop's plumbing."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(n) % 3
+    return PixelSet(("a", "b", "c"), tuple(Path(f"{i}.png") for i in range(n)), pixels, labels)
+
+
+def tiny_cfg(**overrides: Any) -> TrainConfig:
+    """A train section for resnet18 from scratch at 32 px, on the CPU, one epoch."""
+    base = {
+        "model": "resnet18",
+        "weights": "none",
+        "image_size": 32,
+        "epochs": 1,
+        "batch_size": 4,
+        "num_workers": 0,
+        "device": "cpu",
+    }
+    return TrainConfig(**{**base, **overrides})

@@ -13,36 +13,21 @@ import pandas as pd
 import pytest
 import torch
 
-from cxr.core.config import TrainConfig
 from cxr.core.errors import ConfigError
 from cxr.training.loop import fit
 from cxr.training.models import build_model
 from cxr.training.optim import warmup_cosine
-from cxr.training.pixels import PixelSet
 from cxr.training.state import SELECTION, EpochStats, load_state
-from tests.helpers.train_project import make_project, run_train, stage_env, train_command
+from tests.helpers.train_project import (
+    make_project,
+    run_train,
+    stage_env,
+    tiny_cfg,
+    tiny_set,
+    train_command,
+)
 
 CPU = torch.device("cpu")
-
-
-def tiny_set(n: int = 12, size: int = 32, seed: int = 0) -> PixelSet:
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=generator)
-    labels = torch.arange(n) % 3
-    return PixelSet(("a", "b", "c"), tuple(Path(f"{i}.png") for i in range(n)), pixels, labels)
-
-
-def tiny_cfg(**overrides) -> TrainConfig:
-    base = {
-        "model": "resnet18",
-        "weights": "none",
-        "image_size": 32,
-        "epochs": 1,
-        "batch_size": 4,
-        "num_workers": 0,
-        "device": "cpu",
-    }
-    return TrainConfig(**{**base, **overrides})
 
 
 def changed_keys(before: dict, model: torch.nn.Module) -> set[str]:
