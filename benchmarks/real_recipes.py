@@ -86,9 +86,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         "train.image_size": 288,
         "train.label_smoothing": 0.2,
     },
-    # The same, stopping 5 epochs after the latest best val score: every fold of its 3-fold
-    # cross-validation kept the same epoch with any patience >= 5 (select_recipe.py prints
-    # it), so its folds train the same weights in 43 epochs instead of 60.
+    # The same, stopping 5 epochs after the latest best val score: on the 3-fold
+    # cross-validation above, any patience >= 5 keeps every fold's epoch (select_recipe.py
+    # prints it), so its folds keep the same weights after 43 epochs instead of 60.
     "pretrained_top_2_blocks_288px_smoothing_0.2_patience_5": {
         **TOP,
         "train.image_size": 288,
