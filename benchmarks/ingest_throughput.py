@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxr.core.config import load_params
+from cxr.core.config import DataConfig, load_params
 from cxr.data.sources import RAW_PNG_LEVEL, ingest
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -36,9 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def ingest_once(data: Path, out: Path, level: int, workers: int | None) -> tuple[float, int, int]:
+def ingest_once(
+    data: Path, cfg: DataConfig, out: Path, level: int, workers: int | None
+) -> tuple[float, int, int]:
     """Seconds to ingest `data` into `out` at `level`, images ingested, bytes of PNG written."""
-    cfg = load_params(PROJECT / "params.yaml").data
     raw, masks = out / "raw", out / "masks"
     raw.mkdir(parents=True)
     masks.mkdir()
@@ -64,11 +65,12 @@ def compare(data: Path, repeats: int, workers: int | None) -> dict:
     levels = (BEFORE, RAW_PNG_LEVEL)
     seconds: dict[int, list[float]] = {level: [] for level in levels}
     sizes: dict[int, int] = {}
+    cfg = load_params(PROJECT / "params.yaml").data
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(repeats):  # alternating, so a drift in speed hits both levels
             for level in levels if repeat % 2 == 0 else levels[::-1]:
                 out = Path(tmp) / f"{level}-{repeat}"
-                took, images, sizes[level] = ingest_once(data, out, level, workers)
+                took, images, sizes[level] = ingest_once(data, cfg, out, level, workers)
                 seconds[level].append(took)
         same = same_pixels(Path(tmp) / f"{BEFORE}-0", Path(tmp) / f"{RAW_PNG_LEVEL}-0")
     return {

@@ -273,7 +273,7 @@ class _IngestItem:
     image_out: Path
     mask_out: Path | None
     min_side: int
-    png_level: int = RAW_PNG_LEVEL
+    png_level: int
 
 
 def _read_pair(item: _IngestItem):
