@@ -4,7 +4,8 @@ accuracy of the pooled out-of-fold predictions.
 
 Each fold trains a recipe on the other folds and keeps its epoch by the held-out fold (the
 recipe's own `train.select_by`), so scores are somewhat optimistic, alike for every recipe. Folds
-never split a patient or a near-duplicate group (the split stage's own groups). The test split
+never split a patient or a near-duplicate group (the split stage's own groups). A recipe that
+oversamples (`augment.target`) has Augmentor grow each fold's training part alone. The test split
 is neither read nor scored: `real_recipes.py --only <name>` does that for the winner.
 
     python benchmarks/select_recipe.py --data ../shared/data/cxr3 --folds 5
@@ -27,6 +28,8 @@ from sklearn.metrics import balanced_accuracy_score, recall_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from cxr.core.config import Params, read_params_file
+from cxr.data.augment import augment_train
+from cxr.data.links import link_or_copy
 from cxr.data.metadata import balance_groups, metadata_for, read_metadata
 from cxr.data.split import duplicate_groups, leakage_groups
 from cxr.evaluation.subgroups import subgroup_report
@@ -38,8 +41,9 @@ from cxr.training.preprocessing import Preprocessing
 from cxr.training.runtime import configure
 from cxr.training.state import SELECTION, EpochStats
 
-# What can be cross-validated here: recipes that train on the unaugmented train split.
-CANDIDATES = {name: recipe for name, recipe in EVERY.items() if recipe["augment.target"] == "none"}
+# Every recipe can be cross-validated: one that oversamples (augment.target) has each fold's
+# training part augmented on its own, so no held-out image's augmented copy trains.
+CANDIDATES = EVERY
 
 
 def leakage_units(data: Path, params: Params) -> pd.Series:
@@ -93,6 +97,24 @@ def per_source(
     }
 
 
+def augmented(pool: PixelSet, rows: np.ndarray, params: Params, scratch: Path) -> PixelSet:
+    """The fold's training part (`rows` of the pool) as the augment stage would write it from a
+    train split holding only those images, decoded at the recipe's size and preprocessing."""
+    part = scratch / "train"
+    for i in rows:
+        source = pool.files[i]
+        target = part / pool.classes[pool.labels[i]] / source.name
+        if target.exists():  # one name in train and val: the download stage's names are unique
+            raise SystemExit(f"{source.name}: two images of one class share the name")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(source, target)
+    augment_train(part, scratch / "augmented", params.augment)
+    prep = Preprocessing.from_config(params.preprocess)
+    return cached_split(
+        scratch / "augmented" / "train", params.train.image_size, pool.classes, prep=prep
+    )
+
+
 def patience_keeping(history: list[EpochStats], select_by: str) -> int:
     """The smallest `train.early_stopping_patience` that keeps the epoch the full run keeps:
     the longest wait, in epochs, between one best-so-far epoch and the next. Training stops
@@ -106,7 +128,7 @@ def patience_keeping(history: list[EpochStats], select_by: str) -> int:
     return longest
 
 
-def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict:
+def cross_validate(data: Path, params: Params, folds: int, threads: int, scratch: Path) -> dict:
     """Out-of-fold balanced accuracy and per-class recall of one recipe."""
     cfg = dataclasses.replace(params.train, threads=threads)
     device = torch.device("cpu")
@@ -114,6 +136,9 @@ def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict
     units = leakage_units(data, params)
     groups = [units[f"{path.parent.name}/{path.name}"] for path in pool.files]
     balance = None  # train.balance_by's value per image (train+val is unaugmented)
+    oversample = params.augment.target != "none"
+    if cfg.balance_by and oversample:  # augmented copies have no metadata rows of their own
+        raise SystemExit("train.balance_by with augment.target other than none: not supported")
     if cfg.balance_by:
         metadata = read_metadata(data / "metadata.csv")
         balance = np.array(balance_groups(pool.files, metadata, cfg.balance_by, {}))
@@ -128,7 +153,12 @@ def cross_validate(data: Path, params: Params, folds: int, threads: int) -> dict
         model = build_model(cfg.model, len(pool.classes), resolve_weights(cfg.model, cfg.weights))
         held = subset(pool, held_rows)
         own = None if balance is None else balance[fit_rows].tolist()
-        result = fit(model, subset(pool, fit_rows), held, fold_cfg, params.lr, device, groups=own)
+        train = (
+            augmented(pool, fit_rows, params, scratch / f"fold-{fold}")
+            if oversample
+            else subset(pool, fit_rows)
+        )
+        result = fit(model, train, held, fold_cfg, params.lr, device, groups=own)
         model.load_state_dict(result.best_state)
         kept.append(result.best_epoch)
         patience.append(patience_keeping(result.history, cfg.select_by))
@@ -163,7 +193,8 @@ def main() -> None:
         for name in names:
             start = time.perf_counter()
             params = with_overrides(raw, CANDIDATES[name])
-            scores[name] = cross_validate(data, params, args.folds, args.threads)
+            folds_dir = Path(scratch) / name
+            scores[name] = cross_validate(data, params, args.folds, args.threads, folds_dir)
             recall = ", ".join(f"{c} {r:.2f}" for c, r in scores[name]["recall"].items())
             print(
                 f"{name:36s} {args.folds}-fold balanced accuracy "

@@ -1,10 +1,13 @@
 """benchmarks/select_recipe.py: the per-source breakdown of out-of-fold predictions, checked
 against scikit-learn on each source's rows with cxrmix's real metadata; and the shortest
-early-stopping patience that keeps a run's weights, checked against the training loop."""
+early-stopping patience that keeps a run's weights, checked against the training loop; and a
+fold's augmented training part, built from real X-rays, holding none of the held-out films."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +16,13 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, recall_score
 
-from cxr.core.config import TrainConfig
+from cxr.core.config import TrainConfig, read_params_file
 from cxr.training.loop import fit
 from cxr.training.models import build_model
+from cxr.training.pixels import PixelSet
 from cxr.training.state import FitResult
-from tests.helpers.benchmarks import load_benchmark
+from tests.helpers.benchmarks import ROOT, load_benchmark
+from tests.helpers.project import tree_hashes
 from tests.helpers.train_project import tiny_cfg, tiny_set
 
 
@@ -76,3 +81,37 @@ def test_patience_keeping_is_the_shortest_early_stop_that_keeps_the_full_runs_we
     shorter = run(dataclasses.replace(cfg, early_stopping_patience=patience - 1))
     assert shorter.best_epoch < full.best_epoch
     assert len(shorter.history) == shorter.best_epoch + patience - 1  # stopped, waiting no longer
+
+
+def test_augmented_fold_is_grown_from_its_own_rows_only(
+    tmp_path: Path, real_images: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "pixels"))
+    overrides = {"augment.target": 2.0, "train.image_size": 48}
+    params = load_benchmark("real_recipes").with_overrides(
+        read_params_file(ROOT / "params.yaml"), overrides
+    )
+    classes = tuple(sorted({path.parents[1].name for path in real_images}))
+    labels = [classes.index(path.parents[1].name) for path in real_images]
+    empty = torch.zeros(len(real_images), 1, 48, 48, dtype=torch.uint8)  # not read
+    pool = PixelSet(classes, tuple(real_images), empty, torch.tensor(labels))
+    rows = np.array([i for i in range(len(real_images)) if i % 3 != 2])  # one film per class out
+    per_class = Counter(labels[i] for i in rows)
+
+    train = load_benchmark("select_recipe").augmented(pool, rows, params, tmp_path / "fold")
+
+    grown = round(max(per_class.values()) * 2.0)
+    assert train.classes == classes
+    assert sorted(train.labels.tolist()) == sorted(k for k in per_class for _ in range(grown))
+    assert train.pixels.shape == (len(classes) * grown, 1, 48, 48)
+    assert train.pixels.float().std() > 0  # decoded films, not the pool's zeros
+    manifest = pd.read_csv(tmp_path / "fold" / "augmented" / "manifest.csv")
+    kept = {real_images[i].name for i in rows}
+    assert {name.split("/")[1] for name in manifest["source"]} == kept
+    # by content: the originals are the fold's films, byte for byte; no held-out film is there
+    written = tree_hashes(tmp_path / "fold" / "augmented" / "train")
+    originals = {name: digest for name, digest in written.items() if "__aug" not in name}
+    held = set(range(len(real_images))) - set(rows)
+    held_out = {hashlib.sha256(real_images[i].read_bytes()).hexdigest() for i in held}
+    assert len(originals) == len(rows)
+    assert not set(written.values()) & held_out

@@ -89,6 +89,8 @@ def test_every_stage_declares_exactly_the_params_groups_it_reads() -> None:
         ({"lr": -0.1}, "lr"),
         ({"train": {"weights": "IMAGENET_BOGUS"}}, "train.weights"),
         ({"augment": {"target": "most"}}, "augment.target"),
+        ({"augment": {"target": 0.0}}, "augment.target"),
+        ({"augment": {"target": 1000.0}}, "augment.target"),  # a typo's disk-filling copies
         ({"lr": float("inf")}, "lr"),  # issue 16, case 6
         ({"lr": float("nan")}, "lr"),
         ({"lr": 5.0}, "lr"),

@@ -80,6 +80,11 @@ def test_target_count_and_ratio(split_dir: Path, tmp_path: Path) -> None:
     small = len(list((split_dir / "train" / "Small").iterdir()))
     after = augment_train(split_dir / "train", tmp_path / "b", half, workers=1)["after"]
     assert after == {"Big": big, "Small": max(small, round(big * 0.5))}
+    # above 1.0, every class grows, the largest too: more views of each image, not only balance
+    grown = AugmentConfig(target=1.5, seed=ops.seed, operations=ops.operations)
+    metrics = augment_train(split_dir / "train", tmp_path / "c", grown, workers=1)
+    assert metrics["after"] == {"Big": round(big * 1.5), "Small": round(big * 1.5)}
+    assert len(list((tmp_path / "c" / "train" / "Big").iterdir())) == round(big * 1.5)
 
 
 def test_parallel_output_is_identical_to_serial(split_dir: Path, tmp_path: Path) -> None:

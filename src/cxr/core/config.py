@@ -193,8 +193,9 @@ class AugmentOp:
 @dataclass(config=_STRICT)
 class AugmentConfig:
     # Minority classes are oversampled up to: `majority` (the largest class), an integer
-    # count, or a float fraction of the largest class; `none` oversamples nothing (imbalance is
-    # then left to train.imbalance). Classes above the target are kept whole.
+    # count, or a float times the largest class (0.5: half of it; 3.0: every class, the largest
+    # too, grows to three times its size with augmented copies); `none` oversamples nothing
+    # (imbalance is then left to train.imbalance). Classes above the target are kept whole.
     target: Literal["majority", "none"] | StrictInt | float = "majority"
     seed: StrictInt = 42
     operations: tuple[AugmentOp, ...] = ()
@@ -204,8 +205,8 @@ class AugmentConfig:
     def _positive_target(cls, value: str | int | float) -> str | int | float:
         if isinstance(value, int) and value < 1:
             raise ValueError("an integer target must be >= 1")
-        if isinstance(value, float) and not 0 < value <= 1:
-            raise ValueError("a fractional target must be in (0, 1]")
+        if isinstance(value, float) and not 0 < value <= 100:
+            raise ValueError("a float target (times the largest class) must be in (0, 100]")
         return value
 
 
