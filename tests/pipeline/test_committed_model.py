@@ -1,20 +1,24 @@
 """The cross-machine evidence: a fresh copy of the project, with its committed params, retrains
-models/model.pt to the bytes the committed dvc.lock records. That lock was written on a
-development machine; wherever CI runs on a CPU of another kind (AVX2 only, or AVX-512), this is
-the test that shows reproducible mode's claim across machines, where
-tests/training/test_runtime.py can only emulate another CPU."""
+models/model.pt to the bytes measured on a CPU of this machine's kind (committed_models.yaml;
+dvc.lock holds the model of the kind that last ran `dvc repro`). Where CI lands on a CPU with
+another instruction set than the development machine's, this shows reproducible mode's claim
+across machines, which tests/training/test_runtime.py can only emulate; CPUs of other kinds
+train other bytes (oneDNN follows their cache sizes), and the table holds each kind measured."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from cxr.training.runtime import machine_kind
 from tests.helpers.project import PROJECT, copy_project, run, stages_run
 
-pytestmark = pytest.mark.e2e
+TABLE = Path(__file__).with_name("committed_models.yaml")
 
 
 def committed_model_md5() -> str:
@@ -23,13 +27,61 @@ def committed_model_md5() -> str:
     return out["md5"]
 
 
-def test_fresh_copy_retrains_the_committed_model_bytes(tmp_path: Path) -> None:
+def entry_for(kind: dict[str, Any]) -> dict[str, Any] | None:
+    """The table's entry for a CPU kind: name and instruction sets equal, and the caches too
+    where the entry records them."""
+    for entry in yaml.safe_load(TABLE.read_text()):
+        keys = ["cpu", "instruction_sets"] + (["caches"] if "caches" in entry else [])
+        if all(entry[key] == kind.get(key) for key in keys):
+            return entry
+    return None
+
+
+def test_entry_matching_compares_name_sets_and_recorded_caches() -> None:
+    amd = {
+        "cpu": "AMD EPYC",
+        "instruction_sets": ["sse4_2", "avx", "avx2", "avx512f"],
+        "caches": {"L1d": "32K", "L2": "1024K", "L3": "32768K"},
+    }
+    assert entry_for(amd)["model_md5"].startswith("3b11ab6a")
+    assert entry_for({**amd, "caches": {**amd["caches"], "L2": "512K"}}) is None
+    assert entry_for({**amd, "instruction_sets": amd["instruction_sets"][:3]}) is None
+    intel = {"cpu": "Intel(R) Xeon(R) Processor", "caches": {"L2": "2048K"}}
+    with_amx = {**intel, "instruction_sets": ["sse4_2", "avx", "avx2", "avx512f", "amx_tile"]}
+    assert entry_for(with_amx)["model_md5"].startswith("c47105f1")  # caches not recorded there
+    assert entry_for({**with_amx, "cpu": "Intel(R) Core(TM) i7"}) is None
+
+
+def test_dvc_lock_holds_the_model_of_the_kind_that_wrote_it() -> None:
+    """dvc.lock and the table cannot drift apart: the machine that last ran `dvc repro`
+    (reports/environment.json) has its entry, and that entry is dvc.lock's model."""
+    machine = json.loads((PROJECT / "reports" / "environment.json").read_text())["machine"]
+    entry = entry_for(machine)
+    assert entry is not None, (
+        f"committed_models.yaml has no entry for {machine['cpu']}, the CPU that wrote dvc.lock: "
+        "add it with dvc.lock's model md5"
+    )
+    assert entry["model_md5"] == committed_model_md5(), (
+        "dvc.lock's model differs from committed_models.yaml's for the CPU that wrote it: "
+        "update that entry and delete the kinds you cannot retrain on"
+    )
+
+
+@pytest.mark.e2e
+def test_fresh_copy_retrains_the_model_measured_on_this_kind_of_cpu(tmp_path: Path) -> None:
+    kind = machine_kind()
+    entry = entry_for(kind)
+    if entry is None:  # not a failure: no claim is made for a kind nobody has measured
+        pytest.skip(
+            f"no model measured on this kind of CPU ({json.dumps(kind)}): CPUs of other kinds "
+            "train other bytes (docs/reproducibility.md); committed_models.yaml says how to add it"
+        )
     project = copy_project(tmp_path / "project")  # committed params.yaml and dvc.lock
     done = run(["dvc", "repro", "train"], project)
     assert stages_run(done.stdout)[-1] == "train", done.stdout
     retrained = hashlib.md5((project / "models/model.pt").read_bytes()).hexdigest()
-    assert retrained == committed_model_md5(), (
-        "the default pipeline retrained here differs from the committed dvc.lock's model: "
-        "reproducible mode did not hold on this CPU, or dvc.lock is stale (run `dvc repro` and "
-        "commit it)"
+    assert retrained == entry["model_md5"], (
+        f"the default pipeline retrained on this {kind['cpu']} differs from the model measured "
+        "on this kind of CPU: reproducible mode did not hold here, or a change moved the "
+        "model's bytes and committed_models.yaml was not updated"
     )

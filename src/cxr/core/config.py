@@ -266,8 +266,9 @@ class TrainConfig:
     batch_augment: BatchAugmentConfig = Field(default_factory=BatchAugmentConfig)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     # Pin CPU kernels (instruction set, MKL path) and threads, and deterministic algorithms on
-    # a GPU: the same params and data give the same bytes on any x86-64 CPU with AVX2 (see
-    # cxr.training.runtime). Read by the train, evaluate and gradcam stages.
+    # a GPU: the same params and data give the same bytes on CPUs of one kind, with or without
+    # AVX-512; CPUs of other kinds differ (oneDNN follows their cache sizes; see
+    # cxr.training.runtime). Read by the stages that run a model.
     reproducible: StrictBool = True
     threads: StrictInt = Field(
         2, ge=1, le=1024

@@ -3,15 +3,18 @@
 On a CPU the bytes a run produces depend on which kernels compute it: PyTorch's own vectorised
 code (per instruction set: plain, AVX2, AVX-512), oneDNN's convolutions (likewise), MKL's
 matrix products (per code path) and how many threads split each reduction. `train.reproducible`
-pins all of them (`kernels.pinned_environment`) so that any x86-64 CPU with AVX2 computes
-exactly the same numbers; the libraries read these settings from the environment when they
-first run a kernel, so `kernels.pin_kernels` re-executes the stage with them in place (once,
-before its imports) when they are not. On a GPU the mode asks for deterministic algorithms
-instead of cuDNN's fastest.
+pins the instruction sets, MKL's path and the threads (`kernels.pinned_environment`), so that
+an AVX-512 CPU computes what an AVX2 CPU of the same kind does; the libraries read these
+settings from the environment when they first run a kernel, so `kernels.pin_kernels`
+re-executes the stage with them in place (once, before its imports) when they are not. What no
+setting pins: oneDNN sizes its convolutions' loop blocks by the CPU's cache sizes, which it
+reads from the CPU itself, so CPUs of other kinds (an Intel Xeon and an AMD EPYC, measured)
+train different bytes. On a GPU the mode asks for deterministic algorithms instead of cuDNN's
+fastest.
 
 `environment_fingerprint` records what decides a run's numbers (library versions, kernels,
-threads, deterministic flags, the GPU) and the machine it ran on; its short hash goes into the
-metrics, so a metrics diff says whether the environment changed.
+threads, deterministic flags, the CPU kind and its caches, the GPU) and the machine it ran on;
+its short hash goes into the metrics, so a metrics diff says whether the environment changed.
 
 `keep_freed_memory` is about speed only: it changes where glibc puts large tensors, never a
 number computed with them.
@@ -151,10 +154,36 @@ def _cpu_instruction_sets() -> list[str]:
     return [name for name in ("sse4_2", "avx", "avx2", "avx512f", "amx_tile") if name in flags]
 
 
+def _cpu_caches() -> dict[str, str]:
+    """The size of each data cache level as Linux reports it (`L1d`, `L2`, `L3`: `32K`, ...),
+    what oneDNN sizes its loop blocks by; empty where there is no such record."""
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            kind, level = (index / "type").read_text().strip(), (index / "level").read_text()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if kind in ("Data", "Unified"):
+            caches[f"L{level.strip()}{'d' if kind == 'Data' else ''}"] = size
+    return caches
+
+
+def machine_kind() -> dict[str, Any]:
+    """The CPU as far as it decides a reproducible run's bytes: its model name, vector
+    instruction sets and data cache sizes (`reports/environment.json`'s `machine` holds them)."""
+    return {
+        "cpu": _cpu_model(),
+        "instruction_sets": _cpu_instruction_sets(),
+        "caches": _cpu_caches(),
+    }
+
+
 def environment_fingerprint(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
     """What decides this run's numbers (`decides`) and the machine it ran on (`machine`),
-    with `hash`, a short hash of `decides`. In reproducible mode the CPU model is not part of
-    what decides: any AVX2 machine gives the same bytes; otherwise it is."""
+    with `hash`, a short hash of `decides`. On a CPU the CPU's kind and cache sizes decide
+    (oneDNN blocks its loops by them), and without reproducible mode its instruction sets
+    too."""
     decides: dict[str, Any] = {
         "reproducible": cfg.reproducible,
         "versions": {name: _version(name) for name in VERSIONED},
@@ -177,13 +206,14 @@ def environment_fingerprint(cfg: TrainConfig, device: torch.device) -> dict[str,
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
         }
     machine = {
-        "cpu": _cpu_model(),
-        "instruction_sets": _cpu_instruction_sets(),
+        **machine_kind(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
-    if not cfg.reproducible and device.type == "cpu":
-        decides["cpu"] = {"model": machine["cpu"], "instruction_sets": machine["instruction_sets"]}
+    if device.type == "cpu":
+        decides["cpu"] = {"model": machine["cpu"], "caches": machine["caches"]}
+        if not cfg.reproducible:
+            decides["cpu"]["instruction_sets"] = machine["instruction_sets"]
     digest = hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()[:12]
     return {"hash": digest, "decides": decides, "machine": machine}
