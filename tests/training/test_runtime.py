@@ -6,8 +6,10 @@ decided the numbers is in metrics/train.json (its hash), reports/environment.jso
 That a forced rerun trains anew and gives the same bytes is checked end to end
 (tests/pipeline/test_pipeline.py).
 
-What the emulation cannot show (a different CPU model with the same instruction sets, whose
-cache sizes may change how oneDNN blocks a convolution) is stated in docs/reproducibility.md."""
+What the emulation cannot show, a CPU of another kind, differs: oneDNN blocks its convolutions
+by the CPU's cache sizes, and an Intel Xeon and an AMD EPYC train other bytes
+(docs/reproducibility.md); tests/pipeline/test_committed_model.py retrains the model measured on
+this machine's kind."""
 
 from __future__ import annotations
 
