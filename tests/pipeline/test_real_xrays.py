@@ -77,7 +77,8 @@ def test_pipeline_on_real_xrays_pretrained_scores_above_scratch_and_majority(
     assert json.loads((project / "reports/data.json").read_text())["groups"]["by"] == "patient"
     pretrained = json.loads((project / "reports/eval.json").read_text())
     cam = json.loads((project / "reports/gradcam.json").read_text())["overall"]
-    print(  # docs/results.md, Grad-CAM on cxr3: read from CI's output
+    # docs/results.md, Grad-CAM on cxr3 (a passing test's prints show with `pytest -rP`)
+    print(
         f"cxr3 Grad-CAM pretrained: lung energy/area {cam['energy_over_area']:.2f}, "
         f"pointing hit rate {cam['pointing_hit_rate']:.2f} over {cam['images']} images"
     )
