@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from cxr.training.runtime import VECTOR_SETS, machine_kind
 from tests.helpers.project import PROJECT
 from tests.helpers.train_project import make_project, run_train, stage_env
 
@@ -159,3 +160,16 @@ def test_configured_process_reuses_freed_tensor_memory_instead_of_faulting_it_in
     assert settled_configured * 4 < settled_default, (configured, default)
     # That it changes no computed byte: tests/benchmarks/test_freed_memory.py, and every
     # stage test that compares a model or report with its committed or earlier bytes.
+
+
+def test_machine_kind_reads_this_cpu_as_lscpu_does() -> None:
+    # lscpu (util-linux) reads the same CPU by its own code: the model name and flags that key
+    # tests/pipeline/committed_models.yaml must be this CPU's, not another core's or a default
+    listed = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    fields = dict(line.split(":", 1) for line in listed.splitlines() if ":" in line)
+    kind = machine_kind()
+    assert kind["cpu"] == fields["Model name"].strip()
+    flags = set(fields["Flags"].split())
+    assert kind["instruction_sets"] == [name for name in VECTOR_SETS if name in flags]
+    assert "avx2" in flags  # the suite's premise: an x86-64 CPU with AVX2
+    assert set(kind["caches"]) >= {"L1d", "L2"}, kind["caches"]

@@ -42,6 +42,8 @@ from cxr.training import kernels
 # The ATen capability the pin selects, as torch.backends.cpu reports it.
 PINNED_CAPABILITY = "AVX2"
 VERSIONED = ("torch", "torchvision", "timm", "numpy")
+# The vector instruction sets recorded as part of the CPU's kind (/proc/cpuinfo's flags).
+VECTOR_SETS = ("sse4_2", "avx", "avx2", "avx512f", "amx_tile")
 # mallopt(3) parameters (glibc's malloc.h) and the largest value it takes (a C int).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEEP_BYTES = 2**31 - 1
@@ -129,29 +131,29 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
-
-
-def _cpu_instruction_sets() -> list[str]:
-    """The vector instruction sets this CPU has (from /proc/cpuinfo, where there is one)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first CPU's fields in /proc/cpuinfo (`model name`, `flags`, ...); empty where
+    there is no such file."""
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
-        return []
-    flags = next(
-        (
-            line.split(":", 1)[1].split()
-            for line in cpuinfo.read_text().splitlines()
-            if line.startswith("flags")
-        ),
-        [],
-    )
-    return [name for name in ("sse4_2", "avx", "avx2", "avx512f", "amx_tile") if name in flags]
+        return {}
+    fields: dict[str, str] = {}
+    for line in cpuinfo.read_text().splitlines():
+        if not line.strip():  # the first CPU's block ends at the first blank line
+            break
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    return fields
+
+
+def _cpu_model(cpuinfo: dict[str, str]) -> str:
+    return cpuinfo.get("model name") or platform.processor() or platform.machine()
+
+
+def _cpu_instruction_sets(cpuinfo: dict[str, str]) -> list[str]:
+    """The vector instruction sets this CPU has (from /proc/cpuinfo, where there is one)."""
+    flags = cpuinfo.get("flags", "").split()
+    return [name for name in VECTOR_SETS if name in flags]
 
 
 def _cpu_caches() -> dict[str, str]:
@@ -172,9 +174,10 @@ def _cpu_caches() -> dict[str, str]:
 def machine_kind() -> dict[str, Any]:
     """The CPU as far as it decides a reproducible run's bytes: its model name, vector
     instruction sets and data cache sizes (`reports/environment.json`'s `machine` holds them)."""
+    cpuinfo = _cpuinfo()
     return {
-        "cpu": _cpu_model(),
-        "instruction_sets": _cpu_instruction_sets(),
+        "cpu": _cpu_model(cpuinfo),
+        "instruction_sets": _cpu_instruction_sets(cpuinfo),
         "caches": _cpu_caches(),
     }
 
