@@ -165,7 +165,10 @@ def test_configured_process_reuses_freed_tensor_memory_instead_of_faulting_it_in
 def test_machine_kind_reads_this_cpu_as_lscpu_does() -> None:
     # lscpu (util-linux) reads the same CPU by its own code: the model name and flags that key
     # tests/pipeline/committed_models.yaml must be this CPU's, not another core's or a default
-    listed = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    english = {**os.environ, "LC_ALL": "C"}  # its field names are translated in other locales
+    listed = subprocess.run(
+        ["lscpu"], capture_output=True, text=True, check=True, env=english
+    ).stdout
     fields = dict(line.split(":", 1) for line in listed.splitlines() if ":" in line)
     kind = machine_kind()
     assert kind["cpu"] == fields["Model name"].strip()
