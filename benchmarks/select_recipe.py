@@ -6,7 +6,8 @@ Each fold trains a recipe on the other folds and keeps its epoch by the held-out
 recipe's own `train.select_by`), so scores are somewhat optimistic, alike for every recipe. Folds
 never split a patient or a near-duplicate group (the split stage's own groups). A recipe that
 oversamples (`augment.target`) has Augmentor grow each fold's training part alone. The test split
-is neither read nor scored: `real_recipes.py --only <name>` does that for the winner.
+is neither read nor scored: `real_recipes.py --only <name>` does that for the winner. In
+`train.reproducible` mode (params.yaml) the folds train on the kernels the stages pin.
 
     python benchmarks/select_recipe.py --data ../shared/data/cxr3 --folds 5
 """
@@ -23,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from real_recipes import EVERY, RECIPE, prepare, with_overrides
+from real_recipes import EVERY, RECIPE, prepare, project_params, with_overrides
 from sklearn.metrics import balanced_accuracy_score, recall_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from cxr.core.config import Params, read_params_file
+from cxr.core.config import Params
 from cxr.data.augment import augment_train
 from cxr.data.links import link_or_copy
 from cxr.data.metadata import balance_groups, metadata_for, read_metadata
@@ -183,8 +184,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=sorted(CANDIDATES), default=None)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per run")
     args = parser.parse_args()
-    raw = read_params_file("params.yaml")
-    raw["data"]["source"] = str(args.data.resolve())
+    raw = project_params(args.data, args.threads)
     names = args.only or list(CANDIDATES)
     scores: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="cxr-select-") as scratch:
