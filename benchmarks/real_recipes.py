@@ -108,8 +108,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 # The recipe README's `<!-- recipe:cpu -->` block runs (tests/test_readme.py holds them equal):
 # the best on cross-validation over cxrmix's train+val (select_recipe.py), test unread.
 README_RECIPE = "pretrained_top_2_blocks_288px_smoothing_0.2"
-THE_RECIPE = RECIPES[README_RECIPE]  # what the candidates below that change "the recipe" change
-# What the candidates below that change "the recipe" were measured against (before 0.2).
+THE_RECIPE = RECIPES[README_RECIPE]  # what the later candidates below change
+# The recipe before smoothing 0.2: what the earlier candidates below change.
 SMOOTHING_01 = RECIPES["pretrained_top_2_blocks_288px_smoothing_0.1"]
 
 # The other head-only candidates (`--only head_...`; not in the default run), each a change of
