@@ -156,8 +156,9 @@ def cross_validate(
     kept: list[int] = []  # each fold's kept epoch: how many epochs the recipe needs
     patience: list[int] = []  # each fold's shortest early-stopping patience keeping that epoch
     splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=0)  # same folds always
+    seeds = fold_seeds(seed, folds)
     for fold, (fit_rows, held_rows) in enumerate(splitter.split(truth, truth, groups)):
-        fold_cfg = dataclasses.replace(cfg, seed=fold_seeds(seed, folds)[fold])
+        fold_cfg = dataclasses.replace(cfg, seed=seeds[fold])
         configure(fold_cfg, device)
         model = build_model(cfg.model, len(pool.classes), resolve_weights(cfg.model, cfg.weights))
         held = subset(pool, held_rows)

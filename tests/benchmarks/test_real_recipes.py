@@ -16,6 +16,7 @@ import yaml
 from cxr.training.kernels import KERNEL_PINS
 from tests.helpers.benchmarks import ROOT
 from tests.helpers.project import PROJECT
+from tests.helpers.train_project import kernels_capability
 
 # A benchmark's start as `python benchmarks/<name>.py` runs it: project_params first, then
 # what it computes with and the source it reads.
@@ -53,15 +54,6 @@ def start_benchmark(tmp_path: Path, reproducible: bool) -> dict:
     return json.loads(done.stdout)
 
 
-def native_capability() -> str:
-    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
-    env = {k: v for k, v in os.environ.items() if k not in KERNEL_PINS}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    )
-    return done.stdout.strip()
-
-
 def test_reproducible_mode_runs_the_candidates_on_the_stages_pinned_kernels(
     tmp_path: Path,
 ) -> None:
@@ -75,5 +67,6 @@ def test_reproducible_mode_runs_the_candidates_on_the_stages_pinned_kernels(
 
 def test_without_reproducible_mode_the_cpu_keeps_its_own_kernels(tmp_path: Path) -> None:
     started = start_benchmark(tmp_path, reproducible=False)
-    assert started["capability"] == native_capability()
+    unpinned = {k: v for k, v in os.environ.items() if k not in KERNEL_PINS}
+    assert started["capability"] == kernels_capability(unpinned)
     assert started["pins"] == dict.fromkeys(KERNEL_PINS)

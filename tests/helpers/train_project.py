@@ -61,6 +61,15 @@ def stage_env(root: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def kernels_capability(env: dict[str, str]) -> str:
+    """ATen's CPU capability a process started with `env` runs (AVX512, AVX2, ...)."""
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
 def train_command() -> list[str]:
     return [sys.executable, str(PROJECT / "stages" / "train.py")]
 

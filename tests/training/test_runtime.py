@@ -25,7 +25,7 @@ import pytest
 
 from cxr.training.runtime import VECTOR_SETS, machine_kind
 from tests.helpers.project import PROJECT
-from tests.helpers.train_project import make_project, run_train, stage_env
+from tests.helpers.train_project import kernels_capability, make_project, run_train, stage_env
 
 # Two machines: this one as it is (AVX-512 where its CPU has it) and an AVX2 CPU without
 # AVX-512, emulated by capping what each kernel library may use. CI may run on either kind of
@@ -79,15 +79,6 @@ def test_this_cpu_differs_from_the_avx2_cap_exactly_when_it_has_avx512(tmp_path:
     has_avx512 = kernels_capability(base) == "AVX512"
     differ = kernels_hash({**base, **THIS_CPU}) != kernels_hash({**base, **AVX2_CPU})
     assert differ == has_avx512, f"AVX-512: {has_avx512}, native and AVX2 kernels differ: {differ}"
-
-
-def kernels_capability(env: dict[str, str]) -> str:
-    """ATen's CPU capability on this machine (AVX512, AVX2, ...)."""
-    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    )
-    return done.stdout.strip()
 
 
 def sha256(path: Path) -> str:
