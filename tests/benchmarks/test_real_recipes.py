@@ -36,13 +36,13 @@ print(json.dumps({{
 """
 
 
-def start_benchmark(tmp_path: Path, reproducible: bool) -> dict:
+def start_process(tmp_path: Path, reproducible: object) -> subprocess.CompletedProcess:
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["train"]["reproducible"] = reproducible
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if k not in (*KERNEL_PINS, "OMP_NUM_THREADS")}
     code = START.format(folder=str(ROOT / "benchmarks"), names=sorted(KERNEL_PINS))
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", code, "data"],
         cwd=tmp_path,
         env=env,
@@ -50,6 +50,10 @@ def start_benchmark(tmp_path: Path, reproducible: bool) -> dict:
         text=True,
         check=False,
     )
+
+
+def start_benchmark(tmp_path: Path, reproducible: bool) -> dict:
+    done = start_process(tmp_path, reproducible)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -70,3 +74,10 @@ def test_without_reproducible_mode_the_cpu_keeps_its_own_kernels(tmp_path: Path)
     unpinned = {k: v for k, v in os.environ.items() if k not in KERNEL_PINS}
     assert started["capability"] == kernels_capability(unpinned)
     assert started["pins"] == dict.fromkeys(KERNEL_PINS)
+
+
+def test_a_malformed_reproducible_flag_stops_before_anything_is_pinned(tmp_path: Path) -> None:
+    done = start_process(tmp_path, "yes")
+    assert done.returncode != 0
+    assert "train.reproducible" in done.stderr
+    assert done.stdout == ""  # stopped before torch loaded, pinned or not

@@ -307,3 +307,90 @@ def test_train_stage_names_a_balance_column_the_metadata_lacks(tmp_path: Path) -
     assert "train.balance_by: 'hospital'" in done.stderr and "columns: source" in done.stderr
     assert not (root / "models").exists()  # stopped before training wrote anything
     assert not (root / ".cxr_cache").exists()  # ... and before decoding any image
+
+
+class _Interrupted(Exception):
+    """Raised from `on_epoch`, after the epoch's state was saved: a run stopped between
+    epochs."""
+
+
+def _trained_weights_per_step(cfg, checkpoint: Path) -> list[dict[str, torch.Tensor]]:
+    """The trained weights after each epoch, read back from the state saved after it."""
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def read(stats: EpochStats) -> None:
+        seen.append(load_state(checkpoint, load_state_key(checkpoint)).model)
+
+    torch.manual_seed(0)
+    fit(
+        build_model("resnet18", 3),
+        tiny_set(),
+        tiny_set(6, seed=1),
+        cfg,
+        1e-2,
+        CPU,
+        read,
+        checkpoint,
+    )
+    return seen
+
+
+def test_ema_keeps_the_moving_average_of_every_step_and_scores_it(tmp_path: Path) -> None:
+    """train.ema_decay: the kept weights are the exponential moving average of the trained
+    weights after every optimizer step (one step per epoch here, so each epoch's saved state is
+    one step), the training itself is unchanged, and validation scores the average."""
+    from cxr.training.inference import predict_logits
+
+    decay = 0.6
+    plain = tiny_cfg(epochs=3, batch_size=12, select_by="last")  # 12 images: one step an epoch
+    steps = _trained_weights_per_step(plain, tmp_path / "plain.pt")
+    averaged = tiny_cfg(epochs=3, batch_size=12, select_by="last", ema_decay=decay)
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3)
+    val = tiny_set(6, seed=1)
+    result = fit(model, tiny_set(), val, averaged, 1e-2, CPU, checkpoint=tmp_path / "ema.pt")
+    # the trained weights follow the same path with or without the average
+    trained = load_state(tmp_path / "ema.pt", load_state_key(tmp_path / "ema.pt")).model
+    assert all(torch.equal(trained[k], steps[-1][k]) for k in steps[-1])
+    expected = {k: v.clone() for k, v in steps[0].items() if v.is_floating_point()}
+    for weights in steps[1:]:
+        for key in expected:
+            expected[key] = decay * expected[key] + (1 - decay) * weights[key]
+    kept = result.best_state
+    assert all(torch.allclose(kept[k], expected[k], atol=1e-6) for k in expected)
+    assert not torch.allclose(kept["fc.weight"], steps[-1]["fc.weight"])  # not the last step
+    model.load_state_dict(kept)
+    with torch.no_grad():
+        logits = predict_logits(model.eval(), "resnet18", val.pixels, 4, CPU)
+    loss = float(torch.nn.functional.cross_entropy(logits, val.labels))
+    assert result.history[-1].val_loss == pytest.approx(loss, abs=1e-5)
+
+
+def test_ema_run_stopped_between_epochs_resumes_to_the_same_result(tmp_path: Path) -> None:
+    """The moving average is part of the saved state: a resumed run ends where a straight one
+    does, the average included."""
+    cfg = tiny_cfg(epochs=2, ema_decay=0.7)
+
+    def run(checkpoint: Path, stop_after: int | None = None):
+        def on_epoch(stats: EpochStats) -> None:
+            if stats.epoch == stop_after:
+                raise _Interrupted
+
+        torch.manual_seed(0)
+        model = build_model("resnet18", 3)
+        return fit(
+            model, tiny_set(), tiny_set(6, seed=1), cfg, 1e-2, CPU, on_epoch, checkpoint, "k"
+        )
+
+    straight = run(tmp_path / "straight.pt")
+    with pytest.raises(_Interrupted):
+        run(tmp_path / "resumed.pt", stop_after=1)
+    resumed = run(tmp_path / "resumed.pt")
+    assert resumed.resumed_from == 1
+
+    def scores(result) -> list[dict]:  # all but the wall-clock speed
+        return [{**s.as_dict(), "images_per_second": 0} for s in result.history]
+
+    assert scores(resumed) == scores(straight)
+    assert resumed.best_epoch == straight.best_epoch
+    assert all(torch.equal(resumed.best_state[k], v) for k, v in straight.best_state.items())

@@ -251,6 +251,9 @@ class TrainConfig:
     # val loss), or simply the last one.
     select_by: Annotated[str, registered("selection rule")] = "val_balanced_accuracy"
     early_stopping_patience: StrictInt = Field(0, ge=0)  # epochs without a better select_by; 0: off
+    # Keep an exponential moving average of the weights, updated after every optimizer step
+    # with this decay (0: off); validation, the kept epoch and the saved model use the average.
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     # full: train everything; head: frozen backbone; unfreeze: head only for unfreeze_after
     # epochs, then everything.
     finetune: Annotated[str, registered("fine-tuning regime")] = "full"

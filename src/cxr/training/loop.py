@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cxr.core.config import TrainConfig
 from cxr.core.errors import ConfigError
@@ -146,6 +147,13 @@ class Trainer:
     world: World
     val_features: torch.Tensor | None = None  # cached-feature head training: the val split's
     cached: nn.Module | None = None  # what trains on the cached features (head, or top stages)
+    ema: AveragedModel | None = None  # train.ema_decay: the moving average of the weights
+
+    @property
+    def kept(self) -> nn.Module:
+        """The model that is validated and whose weights an epoch offers to keep: the moving
+        average under train.ema_decay, else the trained weights themselves."""
+        return self.core if self.ema is None else self.ema.module
 
 
 def caches_features(cfg: TrainConfig) -> bool:
@@ -243,6 +251,12 @@ def make_trainer(
             runner, device_ids=ids, find_unused_parameters=cfg.finetune != "full"
         )
     optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), cfg, lr)
+    ema = None
+    if cfg.ema_decay:
+        # buffers too: the trained stages' BatchNorm statistics are averaged with their weights
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
     precision = precision_for(device, cfg.amp)
     schedule = SCHEDULERS[cfg.scheduler]
     steps = math.ceil(len(sampler) / cfg.batch_size)  # optimizer steps per epoch
@@ -264,6 +278,7 @@ def make_trainer(
         world=world,
         val_features=val_features,
         cached=cached,
+        ema=ema,
     )
 
 
@@ -325,11 +340,15 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float, 
         lr = t.optimizer.param_groups[0]["lr"]
         if t.per_batch_schedule:
             t.scheduler.step()
+        if t.ema is not None:
+            t.ema.update_parameters(t.core)
         # sums stay on the device: an .item() per batch would stall a GPU's queue
         total_loss += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
     average_buffers(t.core)
+    if t.ema is not None:  # each rank averaged its own BatchNorm statistics
+        average_buffers(t.ema.module)
     sums = all_sum([float(total_loss), float(correct), float(seen)], t.device)
     check_epoch_trained(epoch, sums[2], sums[0], cfg, t.optimizer.param_groups[0]["lr"], t.world)
     seconds = time.perf_counter() - start
@@ -365,12 +384,14 @@ def check_epoch_trained(
 
 
 def validate(trainer: Trainer, val: PixelSet) -> tuple[float, float, float, float]:
-    """Validation loss, accuracy, balanced accuracy and macro-F1. Every rank scores the whole
-    split, so all ranks agree on early stopping and the best epoch without communicating."""
+    """Validation loss, accuracy, balanced accuracy and macro-F1 of `trainer.kept`. Every rank
+    scores the whole split, so all ranks agree on early stopping and the best epoch without
+    communicating."""
     cfg = trainer.cfg
     with trainer.precision.autocast(trainer.device):
         if trainer.val_features is not None and trainer.cached is not None:
-            part = trainer.cached.eval()
+            part = trainer.cached if trainer.ema is None else cached_part(trainer.kept, cfg)[1]
+            part.eval()
             with torch.no_grad():
                 logits = torch.cat(
                     [
@@ -380,7 +401,7 @@ def validate(trainer: Trainer, val: PixelSet) -> tuple[float, float, float, floa
                 )
         else:
             logits = predict_logits(
-                trainer.core, cfg.model, val.pixels, cfg.batch_size, trainer.device
+                trainer.kept, cfg.model, val.pixels, cfg.batch_size, trainer.device
             )
     predicted, truth = logits.argmax(1).numpy(), val.labels.numpy()
     f1 = macro_f1(truth, predicted, len(val.classes))
@@ -401,6 +422,8 @@ def _restore(trainer: Trainer, state: TrainState) -> None:
         trainer.scheduler.load_state_dict(state.scheduler)
     if state.scaler:
         trainer.scaler.load_state_dict(state.scaler)
+    if trainer.ema is not None:
+        trainer.ema.load_state_dict(state.ema)
 
 
 def _record(trainer: Trainer, state: TrainState, stats: EpochStats) -> None:
@@ -409,11 +432,16 @@ def _record(trainer: Trainer, state: TrainState, stats: EpochStats) -> None:
     state.epoch = stats.epoch
     state.history.append(stats)
     state.model = _snapshot(trainer.core.state_dict())
+    offered = state.model  # the weights `stats` scored
+    if trainer.ema is not None:
+        state.ema = _snapshot(trainer.ema.state_dict())
+        # the averaged model's own weights, shared with state.ema (its keys under "module.")
+        offered = {k.removeprefix("module."): v for k, v in state.ema.items() if k != "n_averaged"}
     score = SELECTION[cfg.select_by]
     if not state.best_epoch or score(stats) > score(state.history[state.best_epoch - 1]):
-        # shared, not copied again: a later epoch replaces state.model, never mutates it
+        # shared, not copied again: a later epoch replaces these snapshots, never mutates them
         state.best_epoch = stats.epoch
-        state.best_state = state.model
+        state.best_state = offered
     patience = cfg.early_stopping_patience
     state.stopped = bool(patience) and stats.epoch - state.best_epoch >= patience
     state.optimizer = trainer.optimizer.state_dict()
@@ -438,7 +466,8 @@ def fit(
     groups: Sequence[str] | None = None,
 ) -> FitResult:
     """Train for cfg.epochs (or until early stopping); keep the weights of the best epoch by
-    `train.select_by`.
+    `train.select_by`. Under train.ema_decay the epochs' val scores, and the weights kept, are
+    those of the moving average; the training loss and accuracy are the trained weights'.
 
     With `checkpoint`, the state is saved there after every epoch (by rank 0 only) and a
     state saved under the same `key` is resumed from. `groups`: each training image's value of

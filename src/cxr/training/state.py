@@ -67,6 +67,7 @@ class TrainState:
     scheduler: dict[str, Any] = field(default_factory=dict)
     scaler: dict[str, Any] = field(default_factory=dict)
     sampler: dict[str, int] = field(default_factory=dict)
+    ema: dict[str, Any] = field(default_factory=dict)  # train.ema_decay: the averaged model
 
 
 def save_state(path: Path, state: TrainState) -> None:
