@@ -55,6 +55,55 @@ def readme_recipe() -> list[str]:
     return shlex.split(block.group(1).replace("\\\n", " "))
 
 
+def _related(a: str, b: str) -> bool:
+    """Whether two paths of dvc.yaml are the same or one holds the other."""
+    return a == b or a.startswith(f"{b}/") or b.startswith(f"{a}/")
+
+
+def _plot_paths(project: Path) -> list[str]:
+    """The paths dvc.yaml's top-level plots read (a file, a folder, or a titled entry)."""
+    plots = yaml.safe_load((project / "dvc.yaml").read_text(encoding="utf-8")).get("plots", [])
+    paths = []
+    for entry in plots:
+        if isinstance(entry, str):
+            paths.append(entry)
+            continue
+        ((name, spec),) = entry.items()
+        y = spec.get("y") if isinstance(spec, dict) else None
+        paths.extend(y if isinstance(y, dict) else [name])
+    return paths
+
+
+def directories_left_out(project: Path, targets: list[str]) -> dict[str, list[str]]:
+    """The stages a `dvc exp run <targets>` leaves out whose cached directory outputs hold
+    plots that dvc.yaml shows, with those directories. A fresh copy has neither the folders
+    nor their cache, and DVC cannot save the experiment without them: it stops after the run
+    with "failed to load directory"."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text(encoding="utf-8"))["stages"]
+    run = set(targets)
+    grown = bool(targets)
+    while grown:  # add every stage an already-included stage reads from
+        needed = {dep["path"] for name in run for dep in lock.get(name, {}).get("deps", [])}
+        upstream = {
+            name
+            for name, stage in lock.items()
+            if any(_related(out["path"], path) for out in stage.get("outs", []) for path in needed)
+        }
+        grown = not upstream <= run
+        run |= upstream
+    shown = _plot_paths(project)
+    left_out: dict[str, list[str]] = {}
+    for name, stage in lock.items():
+        if not targets or name in run:
+            continue
+        for out in stage.get("outs", []):
+            if out.get("md5", "").endswith(".dir") and any(
+                _related(out["path"], path) for path in shown
+            ):
+                left_out.setdefault(name, []).append(out["path"])
+    return left_out
+
+
 def copy_project(dest: Path) -> Path:
     """The project's tracked and untracked-but-not-ignored files, in a fresh git repo."""
     listed = subprocess.run(
@@ -224,12 +273,23 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every seed's results here")
     parser.add_argument("--set", nargs="*", default=[], help="more key=value params (-S)")
     parser.add_argument(
-        "--stages", nargs="*", default=[], help="run only up to these stages (default: all)"
+        "--stages",
+        nargs="*",
+        default=[],
+        help="run only up to these stages (default: all); they must include every stage whose "
+        "folder holds plots dvc.yaml shows (gradcam, or audit, which reads it)",
     )
     parser.add_argument(
         "--keep", type=Path, help="run in this new folder and keep it (default: a temporary one)"
     )
     args = parser.parse_args()
+    if left_out := directories_left_out(PROJECT, args.stages):
+        names = " ".join(left_out)
+        raise SystemExit(
+            f"--stages {' '.join(args.stages)} leaves out {names}, whose directory outputs "
+            f"({', '.join(d for dirs in left_out.values() for d in dirs)}) a fresh copy lacks: "
+            f"DVC could not save the experiment. Add {names} to --stages."
+        )
     command = [word.replace("<folder>", str(args.data.resolve())) for word in readme_recipe()]
     if args.external:
         folders = ",".join(str(p.resolve()) for p in args.external)

@@ -4,13 +4,14 @@ real DVC output: a stage outside the run leaves an older file that must not pass
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.helpers.benchmarks import load_benchmark
-from tests.helpers.project import git_commit, run
+from tests.helpers.project import git_commit, run, tool_env
 
 pytestmark = pytest.mark.e2e
 
@@ -104,3 +105,52 @@ def test_run_timed_gives_each_stage_that_ran_its_share_of_the_wall_clock(repo: P
 
     failed = pipeline.run_timed(repo, ["dvc", "repro", "no-such-stage"])
     assert failed.returncode != 0 and failed.stages == {}, failed.stdout
+
+
+def test_stages_that_leave_out_a_directory_output_are_refused_as_dvc_would_fail(
+    tmp_path: Path,
+) -> None:
+    """In a fresh clone (no outputs, no cache) `dvc exp run <stage>` cannot save the
+    experiment when a stage it leaves out has a directory output: the benchmark names that
+    stage before the run instead of after it."""
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    run(["git", "init", "-q", "-b", "main"], origin)
+    run(["dvc", "init", "-q"], origin)
+    stages = {
+        "base": {"cmd": "echo 1 > base.txt", "outs": ["base.txt"]},
+        "score": {"cmd": "cp base.txt score.txt", "deps": ["base.txt"], "outs": ["score.txt"]},
+        "maps": {
+            "cmd": "mkdir -p maps/grids && cp base.txt maps/grids/a.txt",
+            "deps": ["base.txt"],
+            "outs": ["maps"],
+        },
+        "table": {
+            "cmd": "mkdir -p table && cp base.txt table/",
+            "deps": ["base.txt"],
+            "outs": ["table"],
+        },
+    }
+    # as the project's dvc.yaml shows plots/gradcam/grids, inside the gradcam stage's folder
+    pipeline = {"stages": stages, "plots": ["maps/grids"]}
+    (origin / "dvc.yaml").write_text(yaml.safe_dump(pipeline))
+    run(["dvc", "repro", "-q"], origin)
+    git_commit(origin, "pipeline")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
+
+    pipeline = load_benchmark("recipe_pipeline")
+    # a left-out folder that no plot reads (table) does not stop DVC
+    assert pipeline.directories_left_out(clone, ["score"]) == {"maps": ["maps"]}
+    assert pipeline.directories_left_out(clone, ["score", "maps"]) == {}
+    assert pipeline.directories_left_out(clone, []) == {}  # every stage runs
+    failed = subprocess.run(
+        ["dvc", "exp", "run", "score"], cwd=clone, env=tool_env(), capture_output=True, text=True
+    )
+    assert failed.returncode != 0
+    assert "failed to load directory" in failed.stdout + failed.stderr
+    run(["dvc", "exp", "run", "score", "maps"], clone)  # with the stage in, it saves
+    assert pipeline.directories_left_out(pipeline.PROJECT, ["evaluate"]) == {
+        "gradcam": ["plots/gradcam"]
+    }
+    assert pipeline.directories_left_out(pipeline.PROJECT, ["evaluate", "audit"]) == {}
