@@ -111,8 +111,8 @@ def test_stages_that_leave_out_a_directory_output_are_refused_as_dvc_would_fail(
     tmp_path: Path,
 ) -> None:
     """In a fresh clone (no outputs, no cache) `dvc exp run <stage>` cannot save the
-    experiment when a stage it leaves out has a directory output: the benchmark names that
-    stage before the run instead of after it."""
+    experiment when a stage it leaves out has a folder holding plots that dvc.yaml shows: the
+    benchmark names that stage before the run instead of failing after it."""
     origin = tmp_path / "origin"
     origin.mkdir()
     run(["git", "init", "-q", "-b", "main"], origin)
@@ -132,8 +132,8 @@ def test_stages_that_leave_out_a_directory_output_are_refused_as_dvc_would_fail(
         },
     }
     # as the project's dvc.yaml shows plots/gradcam/grids, inside the gradcam stage's folder
-    pipeline = {"stages": stages, "plots": ["maps/grids"]}
-    (origin / "dvc.yaml").write_text(yaml.safe_dump(pipeline))
+    spec = {"stages": stages, "plots": ["maps/grids"]}
+    (origin / "dvc.yaml").write_text(yaml.safe_dump(spec))
     run(["dvc", "repro", "-q"], origin)
     git_commit(origin, "pipeline")
     clone = tmp_path / "clone"
