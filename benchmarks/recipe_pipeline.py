@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import yaml
+from dvc.exceptions import DvcException
+from dvc.repo import Repo
 
 from cxr.core import layout
 
@@ -79,29 +81,25 @@ def directories_left_out(project: Path, targets: list[str]) -> dict[str, list[st
     plots that dvc.yaml shows, with those directories. A fresh copy has neither the folders
     nor their cache, and DVC cannot save the experiment without them: it stops after the run
     with "failed to load directory"."""
-    lock = yaml.safe_load((project / "dvc.lock").read_text(encoding="utf-8"))["stages"]
-    run = set(targets)
-    grown = bool(targets)
-    while grown:  # add every stage an already-included stage reads from
-        needed = {dep["path"] for name in run for dep in lock.get(name, {}).get("deps", [])}
-        upstream = {
-            name
-            for name, stage in lock.items()
-            if any(_related(out["path"], path) for out in stage.get("outs", []) for path in needed)
-        }
-        grown = not upstream <= run
-        run |= upstream
+    if not targets:  # every stage runs
+        return {}
     shown = _plot_paths(project)
-    left_out: dict[str, list[str]] = {}
-    for name, stage in lock.items():
-        if not targets or name in run:
-            continue
-        for out in stage.get("outs", []):
-            if out.get("md5", "").endswith(".dir") and any(
-                _related(out["path"], path) for path in shown
-            ):
-                left_out.setdefault(name, []).append(out["path"])
-    return left_out
+    with Repo(str(project)) as repo:  # DVC's own graph says what the targets pull in
+        # a target names a stage of the project's dvc.yaml, wherever this runs from
+        addresses = [f"{project / 'dvc.yaml'}:{target}" for target in targets]
+        run = {s.name for a in addresses for s in repo.stage.collect(a, with_deps=True)}
+        return {
+            stage.name: dirs
+            for stage in repo.index.stages
+            if stage.name not in run
+            if (
+                dirs := [
+                    out.def_path
+                    for out in stage.outs
+                    if out.hash_info.isdir and any(_related(out.def_path, p) for p in shown)
+                ]
+            )
+        }
 
 
 def copy_project(dest: Path) -> Path:
@@ -283,7 +281,11 @@ def main() -> None:
         "--keep", type=Path, help="run in this new folder and keep it (default: a temporary one)"
     )
     args = parser.parse_args()
-    if left_out := directories_left_out(PROJECT, args.stages):
+    try:
+        left_out = directories_left_out(PROJECT, args.stages)
+    except DvcException as err:  # e.g. a stage dvc.yaml does not have
+        raise SystemExit(f"--stages {' '.join(args.stages)}: {err}") from None
+    if left_out:
         names = " ".join(left_out)
         raise SystemExit(
             f"--stages {' '.join(args.stages)} leaves out {names}, whose directory outputs "
