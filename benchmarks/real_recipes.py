@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxr.core.config import Params, parse_params, read_params_file
+from cxr.core.config import Params, ParamsError, parse_params, read_params_file
 from cxr.data.augment import augment_train
 from cxr.data.sources import fetch
 from cxr.data.split import split_dataset
@@ -285,7 +285,11 @@ def project_params(data: Path, threads: int) -> dict:
     so a candidate scores what `dvc exp run` would train on this CPU (and no AVX-512 warning).
     A malformed params.yaml stops here, naming the key, before anything is pinned or read."""
     raw = read_params_file("params.yaml")
-    enter_reproducible_mode(parse_params(raw).train.reproducible, threads)
+    try:
+        reproducible = parse_params(raw).train.reproducible
+    except ParamsError as err:  # the keys and their fixes, without a traceback
+        raise SystemExit(str(err)) from None
+    enter_reproducible_mode(reproducible, threads)
     raw["data"]["source"] = str(data.resolve())
     return raw
 
