@@ -106,12 +106,14 @@ def main() -> None:
             world=world,
             groups=groups,
         )
+        check_ranks_agree(model)  # the trained weights: ranks out of step are a broken run
+        model.load_state_dict(result.best_state)
+        # the saved weights too: under train.ema_decay every rank keeps its own moving average
         fingerprint = check_ranks_agree(model)
         if not world.is_writer:
             return
         history = history_frame(result.history)  # with the epochs a resumed run restored
         write_csv(layout.TRAIN_HISTORY, history)
-        model.load_state_dict(result.best_state)
         card = ModelCard(
             cfg.model,
             classes,
@@ -131,7 +133,7 @@ def main() -> None:
         run.log_model(model, example, params.tracking.registered_model)
         print(
             f"train: best epoch {result.best_epoch} on {device} x{world.size}, "
-            f"val accuracy {result.best.val_accuracy:.3f}, final weights {fingerprint[:16]}, "
+            f"val accuracy {result.best.val_accuracy:.3f}, saved weights {fingerprint[:16]}, "
             f"environment {environment['hash']}"
         )
 

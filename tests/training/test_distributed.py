@@ -13,13 +13,21 @@ from tests.helpers.train_project import PROJECT, make_project, run_train
 
 
 @pytest.mark.e2e  # runs a stage for real (README: the slow part)
-def test_two_rank_ddp_trains_identically_and_only_rank_0_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "train",
+    [{}, {"ema_decay": 0.5, "mixup_alpha": 0.4}],  # each rank averages and mixes on its own
+    ids=["plain", "ema_mixup"],
+)
+def test_two_rank_ddp_trains_identically_and_only_rank_0_writes(
+    tmp_path: Path, train: dict
+) -> None:
     epochs = 2
-    root = make_project(tmp_path / "p", per_class=4, epochs=epochs)
+    root = make_project(tmp_path / "p", per_class=4, epochs=epochs, **train)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     log = run_train(root, [*torchrun, "--nproc_per_node", "2", str(PROJECT / "stages/train.py")])
-    # the stage compares a fingerprint of every rank's final weights and fails on a mismatch
-    assert "on cpu x2" in log and "final weights" in log
+    # the stage compares a fingerprint of every rank's trained and saved weights and fails on
+    # a mismatch
+    assert "on cpu x2" in log and "saved weights" in log
     assert log.count("train: best epoch") == 1  # only rank 0 reports
     history = pd.read_csv(root / "plots/train_history.csv")
     assert history["epoch"].tolist() == list(range(1, epochs + 1))

@@ -240,6 +240,7 @@ def test_offline_without_cached_weights_fails_at_once_naming_the_file(tmp_path: 
         ({"imbalance": "smote"}, 0.001, "train.imbalance"),
         ({"label_smoothing": 1.5}, 0.001, "train.label_smoothing"),
         ({"ema_decay": 1.0}, 0.001, "train.ema_decay"),
+        ({"mixup_alpha": -0.2}, 0.001, "train.mixup_alpha"),
         ({"scheduler": "warmup"}, 0.001, "train.scheduler"),
         ({"select_by": "val_auc"}, 0.001, "train.select_by"),
         ({"weights": "IMAGENET1K_V1"}, 0.001, "train.weights"),  # lite0 has DEFAULT only

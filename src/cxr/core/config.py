@@ -260,6 +260,9 @@ class TrainConfig:
     unfreeze_after: StrictInt = Field(1, ge=1)
     top_blocks: StrictInt = Field(2, ge=1)  # finetune top: the backbone's last stages that train
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # mixup (Zhang et al., ICLR 2018): each training batch blended with itself shifted by one,
+    # by a weight drawn from Beta(alpha, alpha), the one-hot labels likewise; 0: off.
+    mixup_alpha: float = Field(0.0, ge=0.0)
     # none | weighted_loss (inverse class frequency) | sampler (WeightedRandomSampler-style draws)
     imbalance: Literal["none", "weighted_loss", "sampler"] = "weighted_loss"
     # A metadata column, e.g. source (imbalance: sampler only): every class is drawn equally

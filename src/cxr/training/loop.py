@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchvision.transforms import v2
 
 from cxr.core.config import TrainConfig
 from cxr.core.errors import ConfigError
@@ -148,6 +149,7 @@ class Trainer:
     val_features: torch.Tensor | None = None  # cached-feature head training: the val split's
     cached: nn.Module | None = None  # what trains on the cached features (head, or top stages)
     ema: AveragedModel | None = None  # train.ema_decay: the moving average of the weights
+    mixup: v2.MixUp | None = None  # train.mixup_alpha: blends each batch and its labels
 
     @property
     def kept(self) -> nn.Module:
@@ -257,6 +259,8 @@ def make_trainer(
         ema = AveragedModel(
             model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
         )
+    # its Beta draws come from torch's global generator, seeded every epoch (train_one_epoch)
+    mixup = v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes) if cfg.mixup_alpha else None
     precision = precision_for(device, cfg.amp)
     schedule = SCHEDULERS[cfg.scheduler]
     steps = math.ceil(len(sampler) / cfg.batch_size)  # optimizer steps per epoch
@@ -279,6 +283,7 @@ def make_trainer(
         val_features=val_features,
         cached=cached,
         ema=ema,
+        mixup=mixup,
     )
 
 
@@ -313,7 +318,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float, 
         freeze_batchnorm_stats(t.core, cfg.model)
     t.sampler.set_epoch(epoch)
     seed = epoch_seed(cfg.seed, epoch, t.world.rank)
-    torch.manual_seed(seed)  # dropout masks
+    torch.manual_seed(seed)  # dropout masks and mixup's weights
     generator = torch.Generator(t.device).manual_seed(seed)  # augmentation draws, on device
     total_loss = torch.zeros((), device=t.device)
     correct = torch.zeros((), device=t.device, dtype=torch.int64)
@@ -329,11 +334,15 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float, 
             continue
         pixels = pixels_cpu.to(t.device, non_blocking=True)
         labels = labels_cpu.to(t.device, non_blocking=True)
-        inputs = _to_layout(t.normalize(t.augment(pixels, generator)), cfg)
+        inputs = t.normalize(t.augment(pixels, generator))
+        targets = labels
+        if t.mixup is not None:  # soft targets; the accuracy below counts each image's own label
+            inputs, targets = t.mixup(inputs, labels)
+        inputs = _to_layout(inputs, cfg)
         t.optimizer.zero_grad(set_to_none=True)
         with t.precision.autocast(t.device):
             logits = t.runner(inputs)
-        loss = t.loss_fn(logits.float(), labels)
+        loss = t.loss_fn(logits.float(), targets)
         t.scaler.scale(loss).backward()
         t.scaler.step(t.optimizer)
         t.scaler.update()
