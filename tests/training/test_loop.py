@@ -396,14 +396,14 @@ def test_ema_run_stopped_between_epochs_resumes_to_the_same_result(tmp_path: Pat
     assert all(torch.equal(resumed.best_state[k], v) for k, v in straight.best_state.items())
 
 
-def _first_training_step(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, FitResult]:
-    """What the model and the loss received in the first training step (inputs, logits,
-    targets), and the run's result."""
+def _first_training_step(cfg, runs: str) -> tuple[torch.Tensor, torch.Tensor, FitResult]:
+    """What the module `runs` (the model's, "" for the whole model) and the loss received in
+    the first training step (inputs, targets), and the run's result."""
     seen: dict[str, torch.Tensor] = {}
 
     def record(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        if isinstance(module, torch.nn.CrossEntropyLoss) and "targets" not in seen:
-            seen["logits"], seen["targets"] = args[0].detach(), args[1].detach()
+        if isinstance(module, torch.nn.CrossEntropyLoss):
+            seen.setdefault("targets", args[1].detach())
 
     def keep_input(module: torch.nn.Module, args: tuple) -> None:
         if module.training:  # a training step, not validation
@@ -411,24 +411,35 @@ def _first_training_step(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
 
     torch.manual_seed(0)
     model = build_model("resnet18", 3)
-    model.register_forward_pre_hook(keep_input)
+    model.get_submodule(runs).register_forward_pre_hook(keep_input)
     handle = torch.nn.modules.module.register_module_forward_hook(record)
     try:
         result = fit(model, tiny_set(), tiny_set(6, seed=1), cfg, 1e-2, CPU)
     finally:
         handle.remove()
-    return seen["inputs"], seen["logits"], seen["targets"], result
+    return seen["inputs"], seen["targets"], result
 
 
-def test_mixup_blends_each_batch_with_its_neighbour_and_validates_unmixed() -> None:
+@pytest.mark.parametrize(
+    ("regime", "runs"),
+    [
+        ({}, ""),  # the whole network on (jittered) images
+        ({"finetune": "head", "batch_augment": {"enabled": False}}, "fc"),  # cached vectors
+    ],
+    ids=["full", "head_cached"],
+)
+def test_mixup_blends_each_batch_with_its_neighbour_and_validates_unmixed(
+    regime: dict, runs: str
+) -> None:
     """train.mixup_alpha: the model trains on lam * x + (1 - lam) * (x shifted by one image),
     one lam per batch, against the one-hot labels blended by the same lam and pairs; the draws
     are seeded (two runs, the same weights) and validation scores the images unmixed."""
     from cxr.training.inference import predict_logits
 
     one_step = {"epochs": 1, "batch_size": 12, "select_by": "last", "label_smoothing": 0.1}
-    plain_x, _, labels, _ = _first_training_step(tiny_cfg(**one_step))
-    mixed_x, _, targets, result = _first_training_step(tiny_cfg(**one_step, mixup_alpha=0.4))
+    plain_x, labels, _ = _first_training_step(tiny_cfg(**one_step, **regime), runs)
+    mixed = tiny_cfg(**one_step, **regime, mixup_alpha=0.4)
+    mixed_x, targets, result = _first_training_step(mixed, runs)
     shifted = plain_x.roll(1, 0)
     away = plain_x - shifted
     lam = float(((mixed_x - shifted) * away).sum() / (away * away).sum())
@@ -436,7 +447,7 @@ def test_mixup_blends_each_batch_with_its_neighbour_and_validates_unmixed() -> N
     assert torch.allclose(mixed_x, lam * plain_x + (1 - lam) * shifted, atol=1e-5)
     one_hot = torch.nn.functional.one_hot(labels, 3).float()
     assert torch.allclose(targets, lam * one_hot + (1 - lam) * one_hot.roll(1, 0), atol=1e-5)
-    again = _first_training_step(tiny_cfg(**one_step, mixup_alpha=0.4))[3]
+    again = _first_training_step(mixed, runs)[2]
     assert all(torch.equal(again.best_state[k], v) for k, v in result.best_state.items())
     model = build_model("resnet18", 3)
     model.load_state_dict(result.best_state)

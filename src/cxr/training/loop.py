@@ -307,6 +307,15 @@ def _to_layout(inputs: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     return inputs.contiguous(memory_format=memory_format(cfg)) if inputs.dim() == 4 else inputs
 
 
+def mix(mixup: v2.MixUp, inputs: torch.Tensor, labels: torch.Tensor) -> Any:
+    """The batch and its one-hot labels blended by `mixup`. torchvision mixes batches of
+    images only, so a batch of vectors (the head's cached input) passes as 1x1 images."""
+    if inputs.dim() != 2:
+        return mixup(inputs, labels)
+    mixed, targets = mixup(inputs[:, :, None, None], labels)
+    return mixed.flatten(1), targets
+
+
 def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float, float]:
     """One pass over this rank's shard: loss and accuracy (reduced over all ranks), images/s
     and the lr of the last optimizer step."""
@@ -337,7 +346,7 @@ def train_one_epoch(trainer: Trainer, epoch: int) -> tuple[float, float, float, 
         inputs = t.normalize(t.augment(pixels, generator))
         targets = labels
         if t.mixup is not None:  # soft targets; the accuracy below counts each image's own label
-            inputs, targets = t.mixup(inputs, labels)
+            inputs, targets = mix(t.mixup, inputs, labels)
         inputs = _to_layout(inputs, cfg)
         t.optimizer.zero_grad(set_to_none=True)
         with t.precision.autocast(t.device):
