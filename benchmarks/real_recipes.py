@@ -236,9 +236,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # than the weights at any one step.
     "top_2_blocks_288px_smoothing_0.2_ema_0.99": {**THE_RECIPE, "train.ema_decay": 0.99},
     # the recipe with mixup, alpha 0.2 (torchvision's classification reference uses 0.2): the
-    # trained stages see blends of two films' cached inputs against blended labels, so no
-    # feature is rewarded for being all or nothing; here blends of an NIH film and an
-    # ieee8023 one are common, which gives the hospital's look no clean class to stand for
+    # trained stages see blends of two films' cached inputs against blended labels, often an
+    # NIH film with another hospital's, so a feature that tells the hospital apart might be
+    # rewarded less (it was not: 0.795 on cross-validation, docs/results.md)
     "top_2_blocks_288px_smoothing_0.2_mixup_0.2": {**THE_RECIPE, "train.mixup_alpha": 0.2},
     # the recipe stopping 5 epochs after its latest best val score: any patience >= 5 keeps
     # every fold's epoch on the 3-fold cross-validation (select_recipe.py prints it), but on
