@@ -4,6 +4,7 @@ Chromium."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tests.helpers.browser import chromium, open_page
@@ -32,7 +33,7 @@ def test_experiment_opens_in_the_training_view_and_the_run_page_reads(
         experiment.page.get_by_text("Model training", exact=True).click()
         experiment.page.wait_for_selector(f"text={info['run_name']}")
         experiment.screenshot(tmp_path / "mlflow_experiment.png")
-        assert_clean(experiment, base)
+        assert_clean(experiment, base, tmp_path / "mlflow.log")
 
         run = open_page(
             browser,
@@ -43,7 +44,7 @@ def test_experiment_opens_in_the_training_view_and_the_run_page_reads(
         for shown in ("dvc.yaml: evaluate, gradcam, embed, defer", "test", "evaluation"):
             assert shown in body, shown
         run.screenshot(tmp_path / "mlflow_run.png")
-        assert_clean(run, base)
+        assert_clean(run, base, tmp_path / "mlflow.log")
 
 
 # The browser's notice that a ResizeObserver callback changed the layout again and the rest is
@@ -52,10 +53,20 @@ def test_experiment_opens_in_the_training_view_and_the_run_page_reads(
 RESIZE_NOTICE = "ResizeObserver loop completed with undelivered notifications"
 
 
-def assert_clean(page, base: str) -> None:
+def server_errors(log: Path) -> list[str]:
+    """The server's answers of 500 and the last line of each traceback in its log: what a
+    failure message needs to tell MLflow's own errors from the page's."""
+    return [
+        line.strip(" |")
+        for line in log.read_text(errors="replace").splitlines()
+        if " 500 " in line or re.match(r"[\s|]*\w+(Error|Exception): ", line)
+    ]
+
+
+def assert_clean(page, base: str, log: Path) -> None:
     """No console errors but two kinds: the UI's own probes of optional server features (its
     REST API answering 404), which the browser logs as "Failed to load resource", and the
-    ResizeObserver notice (RESIZE_NOTICE)."""
+    ResizeObserver notice (RESIZE_NOTICE). A failure shows the server's errors from `log`."""
     probes = [
         url
         for url in page.missing
@@ -65,4 +76,4 @@ def assert_clean(page, base: str) -> None:
     errors = [
         e for e in page.errors if not (probes and "status of 404" in e) and RESIZE_NOTICE not in e
     ]
-    assert not errors and not others, (errors, others, probes)
+    assert not errors and not others, (errors, others, probes, server_errors(log))
