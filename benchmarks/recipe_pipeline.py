@@ -195,14 +195,10 @@ def _difference(entry: dict) -> str:
 
 
 def writers(project: Path) -> dict[Path, str]:
-    """Each output, metric and plot path of the project's dvc.yaml -> the stage writing it."""
-    stages = yaml.safe_load((project / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-    return {
-        Path(entry if isinstance(entry, str) else next(iter(entry))): stage
-        for stage, spec in stages.items()
-        for kind in ("outs", "metrics", "plots")
-        for entry in spec.get(kind, [])
-    }
+    """Each output, metric and plot path of the project's dvc.yaml -> the stage writing it,
+    read from DVC's own index (a stage's outs hold its metrics and plots too)."""
+    with Repo(str(project)) as repo:
+        return {Path(out.def_path): stage.name for stage in repo.index.stages for out in stage.outs}
 
 
 def summary(project: Path, stdout: str) -> dict:
