@@ -53,14 +53,17 @@ def test_experiment_opens_in_the_training_view_and_the_run_page_reads(
 RESIZE_NOTICE = "ResizeObserver loop completed with undelivered notifications"
 
 
+# The last line of a traceback, also inside an exception group's "|" frame.
+ERROR_LINE = re.compile(r"[\s|]*\w+(Error|Exception): ")
+
+
 def server_errors(log: Path) -> list[str]:
-    """The server's answers of 500 and the last line of each traceback in its log: what a
+    """The server's answers of 500 and the last line of each traceback in its log, each once
+    (Starlette prints an error inside its exception group and again as its cause): what a
     failure message needs to tell MLflow's own errors from the page's."""
-    return [
-        line.strip(" |")
-        for line in log.read_text(errors="replace").splitlines()
-        if " 500 " in line or re.match(r"[\s|]*\w+(Error|Exception): ", line)
-    ]
+    lines = log.read_text(errors="replace").splitlines()
+    found = (line.strip(" |") for line in lines if " 500 " in line or ERROR_LINE.match(line))
+    return list(dict.fromkeys(found))
 
 
 def assert_clean(page, base: str, log: Path) -> None:
