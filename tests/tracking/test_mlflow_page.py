@@ -15,11 +15,9 @@ def test_experiment_opens_in_the_training_view_and_the_run_page_reads(
     evaluated_project: Path, tmp_path: Path
 ):
     store = f"sqlite:///{evaluated_project / 'mlflow.db'}"
+    log = tmp_path / "mlflow.log"  # the server's output: a failure below quotes its errors
     with (
-        mlflow_server(store, evaluated_project / "mlartifacts", tmp_path / "mlflow.log") as (
-            base,
-            _,
-        ),
+        mlflow_server(store, evaluated_project / "mlartifacts", log) as (base, _),
         chromium() as browser,
     ):
         (found,) = search_runs(base, "cxr-classification")
@@ -33,7 +31,7 @@ def test_experiment_opens_in_the_training_view_and_the_run_page_reads(
         experiment.page.get_by_text("Model training", exact=True).click()
         experiment.page.wait_for_selector(f"text={info['run_name']}")
         experiment.screenshot(tmp_path / "mlflow_experiment.png")
-        assert_clean(experiment, base, tmp_path / "mlflow.log")
+        assert_clean(experiment, base, log)
 
         run = open_page(
             browser,
@@ -44,7 +42,7 @@ def test_experiment_opens_in_the_training_view_and_the_run_page_reads(
         for shown in ("dvc.yaml: evaluate, gradcam, embed, defer", "test", "evaluation"):
             assert shown in body, shown
         run.screenshot(tmp_path / "mlflow_run.png")
-        assert_clean(run, base, tmp_path / "mlflow.log")
+        assert_clean(run, base, log)
 
 
 # The browser's notice that a ResizeObserver callback changed the layout again and the rest is
