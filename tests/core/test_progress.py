@@ -7,7 +7,9 @@ import io
 import os
 import pty
 
-from cxr.core.progress import epoch_line, progress
+import pytest
+
+from cxr.core.progress import Stopwatch, epoch_line, progress
 
 
 class Clock:
@@ -72,3 +74,18 @@ def test_epoch_line_has_losses_accuracies_lr_speed_and_time():
     )
     del stats["val_balanced_accuracy"]  # fields a history lacks are left out, not invented
     assert "bal. acc" not in epoch_line(stats, 4, 1.0)
+
+
+def test_stopwatch_adds_up_each_part_even_when_it_raises_and_totals_from_its_start():
+    watch = Stopwatch(clock=Clock(1.0))  # started at 1
+    with watch.part("maps"):  # 2 -> 3
+        pass
+    with pytest.raises(ValueError), watch.part("curves"):  # 4 -> 5
+        raise ValueError
+    with watch.part("maps"):  # 6 -> 7: added to the first
+        pass
+    watch.add("figures", 0.25)
+    assert watch.parts == {"maps": 2.0, "curves": 1.0, "figures": 0.25}
+    assert watch.line("gradcam time") == (
+        "gradcam time: maps 2.0 s, curves 1.0 s, figures 0.2 s; total 7.0 s"  # 8 - 1
+    )

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxr.data.synthetic import draw_phantom
-from cxr.explanation.gradcam import METHODS, GradCAM, choose_layer
+from cxr.explanation.gradcam import METHODS, GradCAM, choose_layer, class_maps, compute_cams
 from cxr.explanation.localisation import localisation
 from cxr.training.inference import Normalize
 from cxr.training.models import MODELS, build_model
@@ -164,3 +164,49 @@ def test_localisation_ranks_a_centred_mask_above_a_corner_one_for_a_centred_lesi
     assert centred["energy_in_mask"] > 5 * centred["mask_area"]
     assert centred["energy_in_mask"] > 10 * corner["energy_in_mask"]
     assert (centred["pointing_hit"], corner["pointing_hit"]) == (1.0, 0.0)
+
+
+class Halves(nn.Module):
+    """Two feature channels: the image's top half (the bottom zeroed), and its bottom half."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-2] // 2
+        top, bottom = x[:, :1].clone(), x[:, :1].clone()
+        top[..., half:, :] = 0
+        bottom[..., :half, :] = 0
+        return torch.cat([top, bottom], 1)
+
+
+class TopOrBottom(nn.Module):
+    """Class 0's logit is the brightness of the image's top half, class 1's of its bottom half:
+    each class's Grad-CAM map lies in its own half."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = Halves()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        half = x.shape[-2] // 2
+        return 8 * torch.stack([f[:, 0, :half].mean((1, 2)), f[:, 1, half:].mean((1, 2))], 1)
+
+
+def test_class_maps_recompute_only_the_wrong_images_and_match_every_true_class_map():
+    size = 16
+    pixels = torch.full((4, 1, size, size), 150, dtype=torch.uint8)
+    pixels[[0, 2], :, : size // 2] = 230  # brighter top: predicted class 0
+    pixels[[1, 3], :, size // 2 :] = 230  # brighter bottom: predicted class 1
+    labels = torch.tensor([0, 1, 1, 0])  # images 2 and 3 are predicted wrong
+    model, cpu = TopOrBottom().eval(), torch.device("cpu")
+    with METHODS["gradcam"](model, model.features) as explainer:
+        shown, true, probabilities = class_maps(explainer, pixels, labels, cpu, "resnet18")
+        predicted_maps, _ = compute_cams(explainer, pixels, None, cpu, "resnet18")
+        true_maps, _ = compute_cams(explainer, pixels, labels, cpu, "resnet18")
+    assert probabilities.argmax(1).tolist() == [0, 1, 0, 1]
+    np.testing.assert_array_equal(shown, predicted_maps)
+    np.testing.assert_array_equal(true, true_maps)
+    # where wrong, the shown (predicted) and the true class's maps lie in opposite halves
+    for i in (2, 3):
+        assert not np.array_equal(shown[i], true[i])
+        top = true[i][: size // 2].sum() > true[i][size // 2 :].sum()
+        assert top == (labels[i] == 0)

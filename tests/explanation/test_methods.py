@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from cxr.core.config import FaithfulnessConfig, GradcamConfig, LimeConfig
+from cxr.core.progress import Stopwatch
 from cxr.explanation.methods import explain_and_score
 from cxr.training.pixels import PixelSet
 from tests.explanation.test_faithfulness import SIZE, TopLeft, bright_images
@@ -20,7 +21,9 @@ def two_class_test_set() -> PixelSet:
     return PixelSet(("A", "B"), files, pixels, torch.tensor([0, 0, 1, 1]))
 
 
-def run(tmp_path: Path, images: int, per_class: int) -> tuple[dict, list[Path]]:
+def run(
+    tmp_path: Path, images: int, per_class: int, watch: Stopwatch | None = None
+) -> tuple[dict, list[Path]]:
     model = TopLeft().eval()
     cfg = GradcamConfig(
         lime=LimeConfig(num_samples=20, segments=4, images_per_class=per_class),
@@ -29,7 +32,7 @@ def run(tmp_path: Path, images: int, per_class: int) -> tuple[dict, list[Path]]:
     folder = tmp_path / "methods"
     report = explain_and_score(
         model, "resnet18", model.features, two_class_test_set(), cfg, torch.device("cpu"),
-        folder, resamples=20,
+        folder, resamples=20, watch=watch,
     )  # fmt: skip
     return report, sorted(folder.glob("*.png")) if folder.exists() else []
 
@@ -46,3 +49,16 @@ def test_scored_images_without_figures_and_with_them(tmp_path: Path) -> None:
     report, figures = run(tmp_path / "drawn", images=4, per_class=1)
     assert len(report["files"]) == 4
     assert figures  # one grid per class and outcome drawn
+
+
+def test_the_stage_is_told_what_each_part_of_the_work_cost(tmp_path: Path) -> None:
+    watch = Stopwatch()
+    report, _ = run(tmp_path, images=4, per_class=1, watch=watch)
+    assert list(watch.parts) == [
+        "LIME (4 images x 20 samples)",
+        "gradcam/gradcam++/random maps",
+        "faithfulness (4 images x 4 methods x 2 curves x 5 steps)",
+        "method figures",
+    ]
+    assert all(seconds >= 0 for seconds in watch.parts.values())
+    assert len(report["files"]) == 4

@@ -84,6 +84,24 @@ def test_smoke_run_prints_epoch_lines_and_nothing_unexpected(baseline: dict) -> 
     assert not unexpected, "\n".join(unexpected)
 
 
+def test_gradcam_stage_prints_where_its_minutes_went(baseline: dict) -> None:
+    (line,) = re.findall(r"^gradcam time: (.*)$", baseline["output"], re.MULTILINE)
+    listed, total = line.split("; total ")
+    parts = {name: float(s) for name, s, _ in (p.rsplit(" ", 2) for p in listed.split(", "))}
+    test_images = len(list((baseline["project"] / "data/split/test").rglob("*.png")))
+    assert list(parts) == [
+        "loading",
+        f"Grad-CAM maps ({test_images} images)",
+        "overlays",
+        "LIME (6 images x 60 samples)",  # TINY_PARAMS' faithfulness.images and num_samples
+        "gradcam++/random maps",  # Grad-CAM's own maps are those computed for the overlays
+        "faithfulness (6 images x 4 methods x 2 curves x 17 steps)",
+        "method figures",
+        "logging",
+    ], line
+    assert sum(parts.values()) <= float(total.removesuffix(" s")) + 0.05 * len(parts), line
+
+
 def test_exp_show_lists_only_model_metrics(project: Path) -> None:
     table = run(["dvc", "exp", "show", "--csv"], project).stdout.splitlines()[0].split(",")
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TextIO, TypeVar
 
 from tqdm import tqdm
@@ -97,3 +98,31 @@ def epoch_line(stats: dict[str, float], epochs: int, seconds: float) -> str:
             parts.append(f"{label} {fmt.format(stats[key])}")
     parts.append(f"| {seconds:.1f} s")
     return " ".join(parts)
+
+
+class Stopwatch:
+    """The seconds each named part of a long piece of work took (a part entered again adds
+    to its time), for the one line a stage prints when it ends: where its minutes went."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.parts: dict[str, float] = {}
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """Time the block under `name`, whether it ends or raises."""
+        start = self.clock()
+        try:
+            yield
+        finally:
+            self.add(name, self.clock() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Count `seconds` to the part `name` (timed elsewhere)."""
+        self.parts[name] = self.parts.get(name, 0.0) + seconds
+
+    def line(self, label: str) -> str:
+        """`<label>: <part> 1.2 s, ...; total 3.4 s`, the total counted from the watch's start."""
+        listed = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.parts.items())
+        return f"{label}: {listed}; total {self.clock() - self.started:.1f} s"

@@ -16,7 +16,6 @@ and its lead over the random map with a paired one (same resampled images).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
 
-from cxr.core.progress import progress
+from cxr.core.progress import Stopwatch, progress
 from cxr.core.registry import Registry
 from cxr.explanation.gradcam import METHODS, compute_cams
 from cxr.explanation.lime_explain import lime_maps
@@ -315,36 +314,37 @@ def score_methods(
     steps: int,
     targets: np.ndarray | None = None,
     known: dict[str, np.ndarray] | None = None,
-    timings: dict[str, float] | None = None,
+    watch: Stopwatch | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """Each method's maps of the predicted class and its per-image (deletion, insertion) AUCs
     on `pixels`; also the predicted classes. `targets`: the predicted classes where already
     known, `known`: maps of them already computed (method name → (N, H, W)), not computed
-    again. `timings` (if given) gets the seconds spent on each method's maps and on the
-    curves (key `faithfulness`)."""
-    timings = {} if timings is None else timings
+    again. `watch` (if given) times each method's maps it computes under the method's name and
+    the curves under `faithfulness`."""
+    watch = watch or Stopwatch()
     if targets is None:
         targets = Scorer(ctx.model, ctx.arch, ctx.device)(pixels).argmax(1)
     known = known or {}
     maps: dict[str, np.ndarray] = {}
     for name in methods:
-        start = time.perf_counter()
-        maps[name] = known[name] if name in known else SALIENCY[name].maps(ctx, pixels, targets)
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-    start = time.perf_counter()
-    found = curves(
-        ctx.model,
-        ctx.arch,
-        pixels,
-        maps,
-        targets,
-        steps,
-        ctx.seed,
-        ctx.device,
-        desc="gradcam: faithfulness",
-    )
+        if name in known:
+            maps[name] = known[name]
+            continue
+        with watch.part(name):
+            maps[name] = SALIENCY[name].maps(ctx, pixels, targets)
+    with watch.part("faithfulness"):
+        found = curves(
+            ctx.model,
+            ctx.arch,
+            pixels,
+            maps,
+            targets,
+            steps,
+            ctx.seed,
+            ctx.device,
+            desc="gradcam: faithfulness",
+        )
     scores = {
         name: (aucs(deletion), aucs(insertion)) for name, (deletion, insertion) in found.items()
     }
-    timings["faithfulness"] = timings.get("faithfulness", 0.0) + time.perf_counter() - start
     return maps, scores, targets

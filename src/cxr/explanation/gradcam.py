@@ -192,3 +192,26 @@ def compute_cams(
         cams.append(cam.numpy())
         probabilities.append(prob.numpy())
     return np.concatenate(cams), np.concatenate(probabilities)
+
+
+def class_maps(
+    explainer: GradCAM,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    arch: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The predicted class's map of every image (what a reader is shown), the true class's
+    (what localisation is scored on) and the probabilities. Where the prediction is right the
+    two maps are one, so only the wrongly predicted images' true-class maps are computed."""
+    shown, probabilities = compute_cams(
+        explainer, pixels, None, device, arch, desc="gradcam: predicted-class maps"
+    )
+    wrong = np.flatnonzero(probabilities.argmax(1) != labels.numpy())
+    true = shown.copy()
+    if len(wrong):
+        index = torch.from_numpy(wrong)
+        true[wrong], _ = compute_cams(
+            explainer, pixels[index], labels[index], device, arch, desc="gradcam: true-class maps"
+        )
+    return shown, true, probabilities

@@ -10,7 +10,6 @@ map is scaled to its own maximum of positive evidence.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from cxr.core.config import GradcamConfig
 from cxr.core.fsio import atomic_dir, save_figure
+from cxr.core.progress import Stopwatch
 from cxr.explanation.faithfulness import (
     SALIENCY,
     Explainers,
@@ -44,7 +44,7 @@ def explain_and_score(
     resamples: int = 1000,
     predicted: np.ndarray | None = None,
     known: dict[str, np.ndarray] | None = None,
-    timings: dict[str, float] | None = None,
+    watch: Stopwatch | None = None,
 ) -> dict[str, Any]:
     """Score `cfg.faithfulness.methods` on up to `cfg.faithfulness.images` test images, draw
     up to `cfg.lime.images_per_class` of them per class and outcome into `folder`, and return
@@ -52,16 +52,17 @@ def explain_and_score(
 
     `predicted` (the predicted class of every test image) and `known` (method name → its maps
     of those classes for every test image) are used instead of computing them again where
-    given; `timings` (if given) gets the seconds of each method's maps, of the curves
-    (`faithfulness`) and of the figures (`method figures`)."""
+    given; `watch` (if given) gets the seconds of LIME, of the other methods' maps, of the
+    curves and of the figures, under the names `cost_parts` gives them."""
     fcfg, lcfg = cfg.faithfulness, cfg.lime
     labels = test.labels.numpy()
     chosen = pick_images(labels, fcfg.images, fcfg.seed)
     if not len(chosen):
         return {}
-    timings = {} if timings is None else timings
+    watch = watch or Stopwatch()
     ctx = Explainers(model, arch, layer, device, lcfg.num_samples, lcfg.segments, fcfg.seed)
     pixels = test.pixels[torch.from_numpy(chosen)]
+    scoring = Stopwatch()
     maps, scores, predicted = score_methods(
         ctx,
         pixels,
@@ -69,26 +70,47 @@ def explain_and_score(
         fcfg.steps,
         None if predicted is None else np.asarray(predicted)[chosen],
         {name: value[chosen] for name, value in (known or {}).items()},
-        timings,
+        scoring,
     )
+    for name, seconds in cost_parts(cfg, scoring.parts, len(chosen)).items():
+        watch.add(name, seconds)
     report = faithfulness_report(scores, resamples, seed=fcfg.seed)
     report["steps"] = fcfg.steps
     report["files"] = [test.files[i].name for i in chosen]
     shown = [name for name in fcfg.methods if not SALIENCY[name].reference]
     if lcfg.images_per_class and shown:
-        start = time.perf_counter()
-        write_method_grids(
-            folder,
-            [test.files[i] for i in chosen],
-            pixels[:, 0].numpy(),
-            labels[chosen],
-            predicted,
-            {name: maps[name] for name in shown},
-            test.classes,
-            lcfg.images_per_class,
-        )
-        timings["method figures"] = time.perf_counter() - start
+        with watch.part("method figures"):
+            write_method_grids(
+                folder,
+                [test.files[i] for i in chosen],
+                pixels[:, 0].numpy(),
+                labels[chosen],
+                predicted,
+                {name: maps[name] for name in shown},
+                test.classes,
+                lcfg.images_per_class,
+            )
     return report
+
+
+def cost_parts(cfg: GradcamConfig, timings: dict[str, float], images: int) -> dict[str, float]:
+    """`score_methods`' timings (per method and `faithfulness`) under the names the stage
+    prints, each saying what its work was: LIME with its sample count, the other methods'
+    maps together, the curves with their size."""
+    fcfg, timings = cfg.faithfulness, dict(timings)
+    parts = {}
+    if "lime" in timings:
+        parts[f"LIME ({images} images x {cfg.lime.num_samples} samples)"] = timings.pop("lime")
+    others = [name for name in fcfg.methods if name in timings]
+    if others:
+        parts[f"{'/'.join(others)} maps"] = sum(timings.pop(name) for name in others)
+    if "faithfulness" in timings:
+        label = (
+            f"faithfulness ({images} images x {len(fcfg.methods)} methods x 2 curves x "
+            f"{fcfg.steps + 1} steps)"
+        )
+        parts[label] = timings.pop("faithfulness")
+    return {**parts, **timings}
 
 
 def method_grid(
