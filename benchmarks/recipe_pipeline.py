@@ -102,19 +102,39 @@ def directories_left_out(project: Path, targets: list[str]) -> dict[str, list[st
         }
 
 
-def copy_project(dest: Path) -> Path:
-    """The project's tracked and untracked-but-not-ignored files, in a fresh git repo."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
+def _git(project: Path, *args: str) -> str:
+    """A git command's stdout in `project`."""
+    return subprocess.run(
+        ["git", *args], cwd=project, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def pipeline_state_changed(project: Path = PROJECT) -> list[str]:
+    """The files of the pipeline's state (params.yaml, dvc.lock and the outputs the committed
+    dvc.lock lists that git tracks) that differ from their committed versions: what an
+    experiment run in the workspace (`dvc exp run`, `dvc exp apply`) leaves there."""
+    lock = yaml.safe_load(_git(project, "show", "HEAD:dvc.lock"))
+    outs = {out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+    paths = ["params.yaml", "dvc.lock", *sorted(outs)]
+    changed = _git(project, "diff", "--name-only", "-z", "HEAD", "--", *paths)
+    return [name for name in changed.split("\0") if name]
+
+
+def copy_project(dest: Path, project: Path = PROJECT) -> Path:
+    """`project`'s tracked and untracked-but-not-ignored files, in a fresh git repo; the
+    pipeline's state (`pipeline_state_changed`) as committed, so that a copy runs on the
+    project's own params and results, not on the last experiment's."""
+    listed = _git(project, "ls-files", "-co", "--exclude-standard", "-z").split("\0")
     for name in filter(None, listed):
-        if (PROJECT / name).is_file():
+        if (project / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(PROJECT / name, dest / name)
+            shutil.copy2(project / name, dest / name)
+    for name in pipeline_state_changed(project):
+        committed = subprocess.run(
+            ["git", "show", f"HEAD:{name}"], cwd=project, capture_output=True, check=True
+        ).stdout
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_bytes(committed)
     git = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
     for command in (["git", "init", "-q", "-b", "main"], [*git, "add", "-A"]):
         subprocess.run(command, cwd=dest, check=True)

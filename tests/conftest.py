@@ -111,6 +111,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=gpu_only)
 
 
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Say when the workspace holds an experiment's params and results (`dvc exp run` leaves
+    them there): the tests read and copy the committed ones, not those."""
+    from tests.helpers.benchmarks import load_benchmark
+
+    changed = load_benchmark("recipe_pipeline").pipeline_state_changed()
+    if not changed:
+        return None
+    listed = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+    return (
+        f"cxr: the workspace's {listed} differ from the committed ones (an experiment's); "
+        "the tests use the committed versions"
+    )
+
+
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:

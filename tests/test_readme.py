@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.helpers.benchmarks import load_benchmark
+from tests.helpers.project import project_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def test_readme_recipe_is_the_measured_one() -> None:
 
 
 def test_readme_recipe_keys_exist_in_params() -> None:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params = project_params()
     for key in set_params(marked_block("recipe:cpu")):
         node = params
         for part in key.split("."):
@@ -58,7 +59,7 @@ def test_readme_cxrmix_split_numbers_recompute(mix_data: Path, tmp_path: Path) -
     page fails here."""
     import pandas as pd
 
-    from cxr.core.config import load_params
+    from cxr.core.config import parse_params
     from cxr.data.sources import fetch
     from cxr.data.split import split_dataset, split_of_files
 
@@ -69,7 +70,7 @@ def test_readme_cxrmix_split_numbers_recompute(mix_data: Path, tmp_path: Path) -
     )
     shares = re.search(r"Normal images (\d+) % are NIH's, of its Pneumonia images (\d+) %", section)
     assert counts and shares, "docs/results.md's cxrmix section no longer states the split"
-    params = load_params(ROOT / "params.yaml")
+    params = parse_params(project_params())
     data = tmp_path / "data"
     cfg = dataclasses.replace(params.data, source=str(mix_data))
     outputs = ("raw", "masks", "manifest.csv", "rejected.csv", "metadata.csv")

@@ -15,7 +15,7 @@ import yaml
 
 from cxr.training.kernels import KERNEL_PINS
 from tests.helpers.benchmarks import ROOT
-from tests.helpers.project import PROJECT
+from tests.helpers.project import project_params
 from tests.helpers.train_project import kernels_capability
 
 # A benchmark's start as `python benchmarks/<name>.py` runs it: project_params first, then
@@ -37,7 +37,7 @@ print(json.dumps({{
 
 
 def start_process(tmp_path: Path, reproducible: object) -> subprocess.CompletedProcess:
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params = project_params()
     params["train"]["reproducible"] = reproducible
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if k not in (*KERNEL_PINS, "OMP_NUM_THREADS")}

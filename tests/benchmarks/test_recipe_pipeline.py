@@ -154,3 +154,30 @@ def test_stages_that_leave_out_a_directory_output_are_refused_as_dvc_would_fail(
         "gradcam": ["plots/gradcam"]
     }
     assert pipeline.directories_left_out(pipeline.PROJECT, ["evaluate", "audit"]) == {}
+
+
+def test_copies_take_the_committed_params_and_results_and_the_workspaces_code(
+    tmp_path: Path,
+) -> None:
+    """After `dvc exp run` the workspace holds the experiment's params.yaml, dvc.lock and
+    metrics: a copy (every test's project, every benchmark run) starts from the committed
+    ones, while code not yet committed is what it copies (what the tests are there to check)."""
+    bench = load_benchmark("recipe_pipeline")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(bench.PROJECT), str(clone)], check=True)
+    assert bench.pipeline_state_changed(clone) == []
+    committed = {name: (clone / name).read_bytes() for name in ("params.yaml", "dvc.lock")}
+    # what `dvc exp run -S train.epochs=20` leaves, and a code change not yet committed
+    (clone / "params.yaml").write_text(
+        (clone / "params.yaml").read_text().replace("epochs: 4", "epochs: 20", 1)
+    )
+    (clone / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (clone / "metrics/eval.json").unlink()
+    (clone / "src/cxr/__init__.py").write_text("# changed, not committed\n")
+    assert bench.pipeline_state_changed(clone) == ["dvc.lock", "metrics/eval.json", "params.yaml"]
+    copy = bench.copy_project(tmp_path / "copy", clone)
+    for name, data in committed.items():
+        assert (copy / name).read_bytes() == data, name
+    assert (copy / "metrics/eval.json").is_file()
+    assert (copy / "src/cxr/__init__.py").read_text() == "# changed, not committed\n"
+    assert run(["git", "status", "--porcelain"], copy).stdout == ""

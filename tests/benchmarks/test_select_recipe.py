@@ -17,13 +17,13 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, recall_score
 
-from cxr.core.config import TrainConfig, read_params_file
+from cxr.core.config import TrainConfig
 from cxr.training.loop import fit
 from cxr.training.models import build_model
 from cxr.training.pixels import PixelSet
 from cxr.training.state import FitResult
-from tests.helpers.benchmarks import ROOT, load_benchmark
-from tests.helpers.project import tree_hashes
+from tests.helpers.benchmarks import load_benchmark
+from tests.helpers.project import project_params, tree_hashes
 from tests.helpers.train_project import tiny_cfg, tiny_set
 
 
@@ -89,9 +89,7 @@ def test_augmented_fold_is_grown_from_its_own_rows_only(
 ) -> None:
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "pixels"))
     overrides = {"augment.target": 2.0, "train.image_size": 48}
-    params = load_benchmark("real_recipes").with_overrides(
-        read_params_file(ROOT / "params.yaml"), overrides
-    )
+    params = load_benchmark("real_recipes").with_overrides(project_params(), overrides)
     classes = tuple(sorted({path.parents[1].name for path in real_images}))
     labels = [classes.index(path.parents[1].name) for path in real_images]
     empty = torch.zeros(len(real_images), 1, 48, 48, dtype=torch.uint8)  # not read

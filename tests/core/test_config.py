@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import yaml
 
 from cxr.core.config import EvaluateConfig, Params, ParamsError, load_params, parse_params
 from cxr.names import registries
-from tests.helpers.project import PROJECT, project_params, tool_env
+from tests.helpers.project import PROJECT, committed, project_params, tool_env
 
 
 def with_overrides(override: dict) -> dict:
@@ -26,7 +27,7 @@ def with_overrides(override: dict) -> dict:
 
 
 def test_project_params_parse_and_lr_is_top_level() -> None:
-    params = load_params(PROJECT / "params.yaml")
+    params = parse_params(project_params())
     assert isinstance(params, Params)
     assert params.lr == project_params()["lr"]
 
@@ -106,7 +107,8 @@ def test_wrong_values_name_the_key(override: dict, key: str) -> None:
 
 
 def test_lr_inf_in_params_yaml_is_refused_as_not_finite(tmp_path: Path) -> None:
-    text = (PROJECT / "params.yaml").read_text().replace("\nlr: 0.0005\n", "\nlr: .inf\n")
+    text = re.sub(r"^lr: .*$", "lr: .inf", committed("params.yaml"), count=1, flags=re.M)
+    assert "\nlr: .inf\n" in text
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match=r"  lr: Input should be a finite number"):
         load_params(tmp_path / "params.yaml")

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.helpers.project import PROJECT, tree_hashes
+from tests.helpers.project import PROJECT, project_params, tree_hashes
 from PIL import Image
 
-from cxr.core.config import AugmentConfig, DataConfig, SplitConfig, load_params
+from cxr.core.config import AugmentConfig, DataConfig, SplitConfig, parse_params
 from cxr.data.augment import augment_train
 from cxr.data.sources import fetch
 from cxr.data.split import split_dataset, split_of_files
@@ -49,7 +49,7 @@ def split_dir(tmp_path: Path) -> Path:
 
 def project_ops() -> AugmentConfig:
     """The operations in the project's params.yaml (rotate, zoom, distortion, ...)."""
-    return load_params(PROJECT / "params.yaml").augment
+    return parse_params(project_params()).augment
 
 
 def test_no_augmented_file_derives_from_val_or_test(split_dir: Path, tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from statsmodels.stats.proportion import proportion_confint
 
 from cxr.core.config import ConformalConfig, ParamsError, parse_params
@@ -26,7 +25,7 @@ from cxr.evaluation.conformal import (
     sets_from_rule,
 )
 from cxr.evaluation.metrics import read_patients, read_predictions
-from tests.helpers.project import PROJECT
+from tests.helpers.project import project_params
 
 CLASSES = ("COVID", "Normal", "Viral Pneumonia")
 
@@ -160,7 +159,7 @@ def test_coverage_and_size_fall_as_alpha_grows():
 
 
 def test_mondrian_needs_lac_and_names_the_key():
-    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    raw = project_params()
     raw["conformal"] |= {"method": "aps", "mondrian": True}
     with pytest.raises(ParamsError, match=r"conformal.*mondrian: true needs conformal.method"):
         parse_params(raw)

@@ -87,9 +87,19 @@ TINY_PARAMS: dict[str, object] = {
 GRADCAM_ONLY: dict[str, object] = {"gradcam.faithfulness.images": 0}
 
 
+def committed(name: str) -> str:
+    """A project file's text as committed. An experiment run in the workspace (`dvc exp run`,
+    `dvc exp apply`) rewrites params.yaml, dvc.lock and the pipeline's tracked outputs there;
+    the tests check the project's own defaults and committed results, not the last
+    experiment's (copy_project does the same for the copies they run)."""
+    return subprocess.run(
+        ["git", "show", f"HEAD:{name}"], cwd=PROJECT, capture_output=True, text=True, check=True
+    ).stdout
+
+
 def project_params() -> dict:
-    """The project's params.yaml as a mapping."""
-    return yaml.safe_load((PROJECT / "params.yaml").read_text())
+    """The project's params.yaml, as committed, as a mapping."""
+    return yaml.safe_load(committed("params.yaml"))
 
 
 def set_params(project: Path, values: dict[str, object]) -> None:

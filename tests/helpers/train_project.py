@@ -16,6 +16,7 @@ from PIL import Image
 
 from cxr.core.config import TrainConfig
 from cxr.training.pixels import PixelSet
+from tests.helpers.project import project_params
 
 PROJECT = Path(__file__).resolve().parents[2]
 CLASSES = ("COVID", "Normal", "Viral Pneumonia")
@@ -34,8 +35,8 @@ def write_images(folder: Path, per_class: int, size: int, seed: int) -> None:
 
 
 def small_params(**train: Any) -> dict[str, Any]:
-    """The project's params.yaml with a tiny, fast train section."""
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    """The project's params.yaml (as committed) with a tiny, fast train section."""
+    params = project_params()
     params["train"].update(
         {"image_size": 32, "epochs": 3, "batch_size": 8, "num_workers": 0, "device": "cpu"}
     )

@@ -16,13 +16,13 @@ import pytest
 import yaml
 
 from cxr.training.runtime import machine_kind
-from tests.helpers.project import PROJECT, copy_project, run, stages_run
+from tests.helpers.project import committed, copy_project, run, stages_run
 
 TABLE = Path(__file__).with_name("committed_models.yaml")
 
 
 def committed_model_md5() -> str:
-    stages = yaml.safe_load((PROJECT / "dvc.lock").read_text())["stages"]
+    stages = yaml.safe_load(committed("dvc.lock"))["stages"]
     (out,) = [o for o in stages["train"]["outs"] if o["path"] == "models/model.pt"]
     return out["md5"]
 
@@ -65,7 +65,7 @@ def test_entry_matching_compares_name_sets_and_recorded_caches() -> None:
 def test_dvc_lock_holds_the_model_of_the_kind_that_wrote_it() -> None:
     """dvc.lock and the table cannot drift apart: the machine that last ran `dvc repro`
     (reports/environment.json) has its entry, and that entry is dvc.lock's model."""
-    machine = json.loads((PROJECT / "reports" / "environment.json").read_text())["machine"]
+    machine = json.loads(committed("reports/environment.json"))["machine"]
     entry = entry_for(machine, measured())
     assert entry is not None, (
         f"committed_models.yaml has no entry for {machine['cpu']}, the CPU that wrote dvc.lock: "

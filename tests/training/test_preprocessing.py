@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.core.config import ParamsError, parse_params, read_params_file
+from cxr.core.config import ParamsError, parse_params
 from cxr.data.images import read_gray8
 from cxr.training import cache
 from cxr.training.checkpoint import ModelCard, load_checkpoint, save_checkpoint
@@ -17,7 +17,7 @@ from cxr.training.inference import Normalize
 from cxr.training.models import build_model
 from cxr.training.pixels import load_pixels, preprocess
 from cxr.training.preprocessing import PREPROCESSING, Preprocessing
-from tests.helpers.project import PROJECT
+from tests.helpers.project import project_params
 
 SIZE = 96
 
@@ -81,7 +81,7 @@ def test_pixel_store_key_depends_on_preprocessing(real_images: list[Path]):
 
 
 def test_unknown_method_is_a_params_error_naming_the_key():
-    raw = read_params_file(PROJECT / "params.yaml")
+    raw = project_params()
     raw["preprocess"]["method"] = "sharpen"
     with pytest.raises(
         ParamsError, match=r"preprocess\.method: unknown preprocessing method 'sharpen'"
