@@ -22,6 +22,7 @@ from cxr.core.layout import project_root
 from cxr.data.metadata import read_metadata
 from cxr.evaluation.evaluate import (
     baseline_line,
+    calibration_line,
     evaluate_model,
     evaluation_figures,
     source_only_line,
@@ -71,6 +72,7 @@ def main() -> None:
         for line in (
             baseline_line(result.report),
             source_only_line(result.report),
+            calibration_line(result.report),
             confounding_line(result.report.get("confounding", {})),
             *(external_line(name, entry) for name, entry in external.items()),
         ):

@@ -19,7 +19,13 @@ from cxr.core.config import EvaluateConfig
 from cxr.data.metadata import read_metadata
 from cxr.evaluation import evaluate as evaluation
 from cxr.evaluation.calibration import calibration_summary, scale_probabilities
-from cxr.evaluation.evaluate import Evaluation, evaluate_model, evaluation_figures, summary_line
+from cxr.evaluation.evaluate import (
+    Evaluation,
+    calibration_line,
+    evaluate_model,
+    evaluation_figures,
+    summary_line,
+)
 from cxr.evaluation.metrics import metrics_from_predictions, read_predictions
 from cxr.training.checkpoint import ModelCard
 from cxr.training.models import build_model
@@ -237,3 +243,30 @@ def test_summary_line_prints_a_zero_bound_as_zero() -> None:
     no_interval = {**report, "accuracy_ci": {}}  # no resamples: no interval, and no nan
     line = summary_line(dataclasses.replace(result, report=no_interval))
     assert "test accuracy 0.100, balanced" in line and "nan" not in line
+
+
+def test_a_temperature_that_worsens_the_test_nll_is_a_warning() -> None:
+    # right on val, less often right on test: val's fit sharpens (T < 1), test gets worse
+    rng = np.random.default_rng(0)
+    val_labels = np.repeat(np.arange(3), 40)
+    val_logits = np.eye(3)[val_labels] * 2.0 + rng.normal(0, 0.3, (120, 3))
+    y_true = np.repeat(np.arange(3), 40)
+    predicted = np.where(rng.random(120) < 0.55, y_true, (y_true + 1) % 3)
+    test_logits = np.eye(3)[predicted] * 2.0 + rng.normal(0, 0.3, (120, 3))
+    probabilities = torch.softmax(torch.from_numpy(test_logits), 1).numpy()
+    section, _ = evaluation.calibration(y_true, probabilities, val_logits, val_labels, 10)
+    assert section["temperature"] < 1
+    line = calibration_line({"calibration": section})
+    before, after = section["uncalibrated"]["nll"], section["temperature_scaled"]["nll"]
+    assert after > before and line is not None
+    assert line.startswith("WARNING: temperature scaling fitted on val made")
+    assert f"NLL {before:.3f} → {after:.3f}" in line
+    # the same model, as right on test as on val: scaling helps, nothing to warn of
+    section, _ = evaluation.calibration(y_true, softmax(val_logits), val_logits, val_labels, 10)
+    assert section["temperature_scaled"]["nll"] <= section["uncalibrated"]["nll"]
+    assert calibration_line({"calibration": section}) is None
+    assert calibration_line({"calibration": {"uncalibrated": section["uncalibrated"]}}) is None
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits), 1).numpy()

@@ -317,6 +317,23 @@ def summary_line(result: Evaluation) -> str:
     )
 
 
+def calibration_line(report: dict) -> str | None:
+    """A warning when the temperature fitted on val makes the test split's probabilities worse
+    by the NLL it minimises: val's confidence does not carry to test (a model right more often
+    on val than on test gets sharpened, T < 1), and the defer stage's calibrated confidences
+    (deferral.calibrated) carry the same error."""
+    cal = report["calibration"]
+    before, after = cal["uncalibrated"], cal.get("temperature_scaled")
+    if after is None or after["nll"] <= before["nll"]:
+        return None
+    return (
+        f"WARNING: temperature scaling fitted on val made the test split's calibration worse "
+        f"(T={cal['temperature']:.2f}: NLL {before['nll']:.3f} → {after['nll']:.3f}, ECE "
+        f"{before['ece']:.3f} → {after['ece']:.3f}): val's confidence does not carry to test, "
+        f"nor do the defer stage's calibrated thresholds (deferral.calibrated)"
+    )
+
+
 def _patients(report: dict) -> str:
     """How many patients the intervals resampled, when fewer than the images."""
     units = report.get("bootstrap_units")
