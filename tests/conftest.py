@@ -119,6 +119,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     changed = load_benchmark("recipe_pipeline").pipeline_state_changed()
     if not changed:
         return None
+    changed.sort(key=lambda name: (name != "params.yaml", name != "dvc.lock", name))
     listed = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
     return (
         f"cxr: the workspace's {listed} differ from the committed ones (an experiment's); "
