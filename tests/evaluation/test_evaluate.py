@@ -259,7 +259,7 @@ def test_a_temperature_that_worsens_the_test_nll_is_a_warning() -> None:
     line = calibration_line({"calibration": section})
     before, after = section["uncalibrated"]["nll"], section["temperature_scaled"]["nll"]
     assert after > before and line is not None
-    assert line.startswith("WARNING: temperature scaling fitted on val made")
+    assert line.startswith("WARNING: evaluate: temperature scaling fitted on val made")
     assert f"NLL {before:.3f} → {after:.3f}" in line
     # the same model, as right on test as on val: scaling helps, nothing to warn of
     section, _ = evaluation.calibration(y_true, softmax(val_logits), val_logits, val_labels, 10)

@@ -327,10 +327,11 @@ def calibration_line(report: dict) -> str | None:
     if after is None or after["nll"] <= before["nll"]:
         return None
     return (
-        f"WARNING: temperature scaling fitted on val made the test split's calibration worse "
-        f"(T={cal['temperature']:.2f}: NLL {before['nll']:.3f} → {after['nll']:.3f}, ECE "
-        f"{before['ece']:.3f} → {after['ece']:.3f}): val's confidence does not carry to test, "
-        f"nor do the defer stage's calibrated thresholds (deferral.calibrated)"
+        f"WARNING: evaluate: temperature scaling fitted on val made the test split's "
+        f"calibration worse (T={cal['temperature']:.2f}: NLL {before['nll']:.3f} → "
+        f"{after['nll']:.3f}, ECE {before['ece']:.3f} → {after['ece']:.3f}): val's confidence "
+        f"does not carry to test, nor do the defer stage's calibrated thresholds "
+        f"(deferral.calibrated)"
     )
 
 
