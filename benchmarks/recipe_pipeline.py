@@ -109,6 +109,13 @@ def _git(project: Path, *args: str) -> str:
     ).stdout
 
 
+def committed(name: str, project: Path = PROJECT) -> bytes:
+    """A file's bytes as committed (HEAD) in `project`."""
+    return subprocess.run(
+        ["git", "show", f"HEAD:{name}"], cwd=project, capture_output=True, check=True
+    ).stdout
+
+
 def pipeline_state_changed(project: Path = PROJECT) -> list[str]:
     """The files of the pipeline's state (params.yaml, dvc.lock and the outputs the committed
     dvc.lock lists that git tracks) that differ from their committed versions: what an
@@ -130,11 +137,8 @@ def copy_project(dest: Path, project: Path = PROJECT) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(project / name, dest / name)
     for name in pipeline_state_changed(project):
-        committed = subprocess.run(
-            ["git", "show", f"HEAD:{name}"], cwd=project, capture_output=True, check=True
-        ).stdout
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        (dest / name).write_bytes(committed)
+        (dest / name).write_bytes(committed(name, project))
     git = ["git", "-c", "user.name=b", "-c", "user.email=b@b"]
     for command in (["git", "init", "-q", "-b", "main"], [*git, "add", "-A"]):
         subprocess.run(command, cwd=dest, check=True)

@@ -92,9 +92,7 @@ def committed(name: str) -> str:
     `dvc exp apply`) rewrites params.yaml, dvc.lock and the pipeline's tracked outputs there;
     the tests check the project's own defaults and committed results, not the last
     experiment's (copy_project does the same for the copies they run)."""
-    return subprocess.run(
-        ["git", "show", f"HEAD:{name}"], cwd=PROJECT, capture_output=True, text=True, check=True
-    ).stdout
+    return load_benchmark("recipe_pipeline").committed(name).decode()
 
 
 def project_params() -> dict:
