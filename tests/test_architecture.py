@@ -17,7 +17,7 @@ import yaml
 
 from cxr.names import registries
 from cxr.training.code import PACKAGE_DIR, deps_entries, imported_names, is_face
-from tests.helpers.project import PROJECT
+from tests.helpers.project import PROJECT, committed
 
 STAGES = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
 # Each phase and what it may import (besides itself); the top-level faces (cxr.names,
@@ -167,7 +167,7 @@ def _listed_names(params_text: str, dotted_key: str) -> list[str] | None:
 
 
 def test_params_yaml_lists_each_kinds_names_as_its_registry_holds_them() -> None:
-    text = (PROJECT / "params.yaml").read_text()
+    text = committed("params.yaml")
     checked = 0
     for registry in registries():
         listed = _listed_names(text, registry.key.removesuffix("[].name"))

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from cxr.training.runtime import VECTOR_SETS, machine_kind
-from tests.helpers.project import PROJECT
+from tests.helpers.project import committed
 from tests.helpers.train_project import kernels_capability, make_project, run_train, stage_env
 
 # Two machines: this one as it is (AVX-512 where its CPU has it) and an AVX2 CPU without
@@ -123,10 +123,11 @@ print(*faults)
 BATCHES, SETTLED = 12, 6
 
 
-def batch_faults(variant: str) -> list[int]:
-    params = str(PROJECT / "params.yaml")
+def batch_faults(variant: str, folder: Path) -> list[int]:
+    params = folder / "params.yaml"
+    params.write_text(committed("params.yaml"))
     done = subprocess.run(
-        [sys.executable, "-c", BATCH_FAULTS, variant, params, str(BATCHES)],
+        [sys.executable, "-c", BATCH_FAULTS, variant, str(params), str(BATCHES)],
         capture_output=True,
         text=True,
         check=True,
@@ -137,14 +138,16 @@ def batch_faults(variant: str) -> list[int]:
 @pytest.mark.skipif(
     not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"), reason="glibc's allocator only"
 )
-def test_configured_process_reuses_freed_tensor_memory_instead_of_faulting_it_in() -> None:
+def test_configured_process_reuses_freed_tensor_memory_instead_of_faulting_it_in(
+    tmp_path: Path,
+) -> None:
     # glibc's default unmaps every freed 64 MiB block and maps the next afresh: 16,384 pages of
     # 4 KiB to fault in again per batch (32 of 2 MiB where transparent huge pages are always on).
     # Configured, the heap may still grow for the first few batches: PyTorch asks for 64-byte
     # aligned blocks, and glibc takes a fresh one from the top of the heap while no freed block
     # has the slack alignment needs. Over 100 runs here it settled by the 4th batch, so only the
     # last 6 of 12 count, and one late growth among them is tolerated.
-    default, configured = batch_faults("default"), batch_faults("configured")
+    default, configured = batch_faults("default", tmp_path), batch_faults("configured", tmp_path)
     assert len(default) == len(configured) == BATCHES
     settled_default, settled_configured = sum(default[-SETTLED:]), sum(configured[-SETTLED:])
     assert min(default[-SETTLED:]) >= 32, default  # every batch faulted in anew
